@@ -1,0 +1,48 @@
+"""CycleGAN objectives: adversarial (LSGAN or BCE), cycle consistency and identity.
+
+All losses take float32 tensors; callers cast mixed-precision outputs first.
+"""
+
+import tensorflow as tf
+
+GAN_LOSSES = ("lsgan", "bce")
+
+
+def _check(kind: str) -> None:
+    if kind not in GAN_LOSSES:
+        raise ValueError(f"unknown GAN loss {kind!r}; choose one of {', '.join(GAN_LOSSES)}")
+
+
+def _against(logits: tf.Tensor, target: float, kind: str) -> tf.Tensor:
+    """Mean adversarial loss of `logits` against a constant label (1 real, 0 fake)."""
+    labels = tf.fill(tf.shape(logits), tf.constant(target, logits.dtype))
+    if kind == "lsgan":
+        return tf.reduce_mean(tf.square(logits - labels))
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+
+
+def generator_adversarial(fake_logits: tf.Tensor, kind: str = "lsgan") -> tf.Tensor:
+    """The generator wants its fakes judged real."""
+    _check(kind)
+    return _against(fake_logits, 1.0, kind)
+
+
+def discriminator_adversarial(real_logits: tf.Tensor, fake_logits: tf.Tensor, kind: str = "lsgan") -> tf.Tensor:
+    """Real judged real, fake judged fake; halved, as in CycleGAN, to slow D relative to G."""
+    _check(kind)
+    return 0.5 * (_against(real_logits, 1.0, kind) + _against(fake_logits, 0.0, kind))
+
+
+def l1(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """Mean absolute difference, the cycle and identity distance."""
+    return tf.reduce_mean(tf.abs(a - b))
+
+
+def cycle(real: tf.Tensor, reconstructed: tf.Tensor, lambda_cycle: float) -> tf.Tensor:
+    """lambda_cycle * |x - F(G(x))|_1."""
+    return lambda_cycle * l1(real, reconstructed)
+
+
+def identity(real: tf.Tensor, same: tf.Tensor, lambda_cycle: float, lambda_identity: float) -> tf.Tensor:
+    """lambda_identity * lambda_cycle * |y - G(y)|_1: keeps G from changing an image already in its target contrast."""
+    return lambda_identity * lambda_cycle * l1(real, same)

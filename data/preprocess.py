@@ -1,0 +1,94 @@
+"""The one preprocessing path shared by training, evaluation and translation.
+
+Intensity: clip negatives to 0, divide by the 99.5th percentile of the positive
+voxels, clip to [0, 1]; the networks see [-1, 1]. Geometry: zero-pad to a
+square canvas (scaling down, aspect kept, only when larger). Both steps keep
+what is needed to undo them on a network output.
+"""
+
+import dataclasses
+
+import numpy as np
+
+CANVAS = 256
+PERCENTILE = 99.5
+
+
+def intensity_scale(volume: np.ndarray) -> float:
+    """The divisor that maps a volume (or 2D image) to [0, 1]; 0 when it has no positive voxel."""
+    positive = volume[volume > 0]
+    if positive.size == 0:
+        return 0.0
+    return float(np.percentile(positive, PERCENTILE))
+
+
+def normalize(volume: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """Clip negatives, divide by `scale` (default: the volume's own), clip to [0, 1]; float32."""
+    volume = np.nan_to_num(np.asarray(volume, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if scale is None:
+        scale = intensity_scale(volume)
+    if scale <= 0:
+        return np.zeros_like(volume, dtype=np.float32)
+    return np.clip(np.maximum(volume, 0) / scale, 0.0, 1.0).astype(np.float32)
+
+
+def to_network(unit: np.ndarray) -> np.ndarray:
+    """[0, 1] -> [-1, 1]."""
+    return (np.asarray(unit, np.float32) * 2.0 - 1.0).astype(np.float32)
+
+
+def from_network(signed: np.ndarray) -> np.ndarray:
+    """[-1, 1] -> [0, 1], clipped."""
+    return np.clip((np.asarray(signed, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """How a slice was placed on the canvas: the resized size and the top-left offset."""
+
+    height: int  # original
+    width: int
+    resized_height: int
+    resized_width: int
+    top: int
+    left: int
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area-style resize in float32 (PIL mode 'F' keeps full precision)."""
+    from PIL import Image
+
+    return np.asarray(
+        Image.fromarray(image.astype(np.float32), mode="F").resize((width, height), Image.BOX),
+        dtype=np.float32,
+    )
+
+
+def to_canvas(image: np.ndarray, size: int = CANVAS) -> tuple[np.ndarray, Geometry]:
+    """Zero-pad a 2D slice to size x size, scaling it down first (aspect kept) if larger."""
+    height, width = image.shape
+    factor = min(1.0, size / height, size / width)
+    resized_height = max(1, round(height * factor))
+    resized_width = max(1, round(width * factor))
+    if (resized_height, resized_width) != (height, width):
+        image = _resize(image, resized_height, resized_width)
+    top = (size - resized_height) // 2
+    left = (size - resized_width) // 2
+    canvas = np.zeros((size, size), np.float32)
+    canvas[top : top + resized_height, left : left + resized_width] = image
+    geometry = Geometry(height, width, resized_height, resized_width, top, left)
+    return canvas, geometry
+
+
+def from_canvas(canvas: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Undo `to_canvas`: crop the padding and resize back to the original grid."""
+    g = geometry
+    image = np.asarray(canvas, np.float32)[g.top : g.top + g.resized_height, g.left : g.left + g.resized_width]
+    if (g.resized_height, g.resized_width) != (g.height, g.width):
+        image = _resize(image, g.height, g.width)
+    return image
+
+
+def foreground_fraction(unit: np.ndarray, threshold: float = 0.05) -> float:
+    """Fraction of pixels above `threshold` in a [0, 1] slice; used to skip near-empty slices."""
+    return float(np.mean(np.asarray(unit) > threshold))

@@ -1,0 +1,87 @@
+"""The pieces of the update: pool rule, learning-rate schedule, the step itself."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training.cyclegan import NETWORKS, CycleGAN, Hyperparameters
+from training.pool import ImagePool
+from training.schedule import LinearDecay
+
+
+def labelled(values, shape=(2, 2, 1)):
+    """A batch whose i-th image is filled with values[i], so images can be told apart by one pixel."""
+    return tf.stack([tf.fill(shape, float(v)) for v in values])
+
+
+def test_pool_fills_then_swaps_with_probability_half():
+    pool = ImagePool(4, image_shape=(2, 2, 1), seed=3)
+    query = tf.function(pool.query)
+    out = query(labelled([1, 2]))
+    np.testing.assert_array_equal(out[:, 0, 0, 0], [1, 2])  # filling: returned as given
+    out = query(labelled([3, 4]))
+    np.testing.assert_array_equal(out[:, 0, 0, 0], [3, 4])
+    assert int(pool.count) == 4
+    swapped = 0
+    queries = 400
+    for value in range(5, 5 + queries):
+        before = set(pool.images.numpy()[:, 0, 0, 0])
+        got = float(query(labelled([value]))[0, 0, 0, 0])
+        after = list(pool.images.numpy()[:, 0, 0, 0])
+        if got == value:  # kept: the pool is unchanged
+            assert set(after) == before
+        else:  # swapped: a stored image came out and the new one took its slot
+            swapped += 1
+            assert got in before and value in after and got not in after
+    assert 0.4 < swapped / queries < 0.6
+
+
+def test_pool_size_zero_is_a_pass_through():
+    pool = ImagePool(0, image_shape=(2, 2, 1))
+    batch = labelled([7, 8])
+    assert pool.query(batch) is batch
+
+
+def test_pool_save_and_restore(tmp_path):
+    pool = ImagePool(3, image_shape=(2, 2, 1), seed=1)
+    for value in range(6):
+        pool.query(labelled([value]))
+    path = tf.train.Checkpoint(pool=pool).save(str(tmp_path / "pool"))
+    restored = ImagePool(3, image_shape=(2, 2, 1), seed=99)
+    tf.train.Checkpoint(pool=restored).restore(path).assert_consumed()
+    np.testing.assert_array_equal(restored.images.numpy(), pool.images.numpy())
+    assert int(restored.count) == 3
+    # The random state came back too: both pools now answer the same queries the same way.
+    for value in range(10, 20):
+        np.testing.assert_array_equal(pool.query(labelled([value])).numpy(), restored.query(labelled([value])).numpy())
+
+
+def test_linear_decay():
+    schedule = LinearDecay(2e-4, total_steps=200, decay_start=100)
+    assert float(schedule(0)) == pytest.approx(2e-4)
+    assert float(schedule(99)) == pytest.approx(2e-4)
+    assert float(schedule(100)) == pytest.approx(2e-4)
+    assert float(schedule(150)) == pytest.approx(1e-4)
+    assert float(schedule(200)) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError):
+        LinearDecay(2e-4, total_steps=10, decay_start=11)
+
+
+@pytest.mark.parametrize("xla", [False, True], ids=["graph", "xla"])
+def test_one_step_changes_weights(xla):
+    model = CycleGAN(Hyperparameters(total_steps=10, decay_start=5, pool_size=2))
+    before = {name: [w.numpy().copy() for w in model.network(name).trainable_weights] for name in NETWORKS}
+    real_a = tf.random.uniform((1, 256, 256, 1), -1, 1, seed=1)
+    real_b = tf.random.uniform((1, 256, 256, 1), -1, 1, seed=2)
+    out = model.compiled_step(xla)(real_a, real_b)
+    expected = {"g/adversarial", "f/adversarial", "cycle/a_to_b_to_a", "cycle/b_to_a_to_b", "g/identity",
+                "f/identity", "generators/total", "d_x/total", "d_y/total"}
+    assert set(out) == expected
+    assert all(np.isfinite(float(v)) for v in out.values())
+    for name in NETWORKS:
+        after = model.network(name).trainable_weights
+        changed = sum(not np.array_equal(b, a.numpy()) for b, a in zip(before[name], after))
+        assert changed == len(after), f"{name}: only {changed} of {len(after)} weights changed"
+    assert int(model.step) == 1
+    assert int(model.pool_a.count) == 1 and int(model.pool_b.count) == 1
+    assert all(int(model.optimizers[name].iterations) == 1 for name in NETWORKS)

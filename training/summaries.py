@@ -1,0 +1,19 @@
+"""TensorBoard content beyond scalars: translation grids and the run's settings as text."""
+
+import numpy as np
+import tensorflow as tf
+
+
+def translation_grid(generator, back, images: np.ndarray) -> tf.Tensor:
+    """Rows of input | translated | reconstructed for [N, 256, 256, 1] inputs in [-1, 1], as one [0, 1] image."""
+    translated = generator(images, training=False)
+    reconstructed = back(translated, training=False)
+    rows = tf.concat([tf.cast(images, tf.float32), translated, reconstructed], axis=2)  # (N, 256, 768, 1)
+    grid = tf.reshape(rows, (1, -1, rows.shape[2], rows.shape[3]))  # (1, N*256, 768, 1)
+    return tf.clip_by_value((grid + 1.0) / 2.0, 0.0, 1.0)
+
+
+def markdown_table(rows: dict) -> str:
+    lines = ["| name | value |", "|---|---|"]
+    lines += [f"| {name} | `{value}` |" for name, value in rows.items()]
+    return "\n".join(lines)
