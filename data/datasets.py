@@ -1,0 +1,151 @@
+"""From data flags to preprocessed slices: the built-in synthetic phantoms or the user's files.
+
+Every consumer (training, evaluation, translation) goes through here, so one
+preprocessing path holds everywhere: per-volume intensity normalisation, then
+each axial slice placed on the 256x256 canvas, near-empty slices dropped.
+"""
+
+import dataclasses
+
+import numpy as np
+from absl import logging
+
+from data import phantom, preprocess
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """The data flags of a run (data/flags.py); saved with the run so evaluation reads the same data."""
+
+    train_a: str | None = None
+    train_b: str | None = None
+    test_a: str | None = None
+    test_b: str | None = None
+    data_dir: str | None = None
+    layout: str | None = None
+    on_bad_file: str = "skip"
+    min_foreground: float = 0.05
+    synthetic_subjects: int = 128
+    synthetic_test_subjects: int = 16
+    synthetic_seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, values) -> "DataSpec":
+        """From absl FLAGS or a run's saved flags (strings); names it does not know are ignored."""
+        if not isinstance(values, dict):
+            values = {name: values[name].value for name in values}
+        kwargs = {}
+        for field in dataclasses.fields(cls):
+            value = values.get(field.name)
+            if value is not None:
+                kind = type(field.default) if field.default is not None else str
+                kwargs[field.name] = kind(value)
+        return cls(**kwargs)
+
+    @property
+    def synthetic(self) -> bool:
+        return not (self.train_a or self.train_b or self.data_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    """One preprocessed slice and what is needed to put a result back where it came from."""
+
+    image: np.ndarray  # [256, 256] float32 in [0, 1], on the canvas
+    geometry: preprocess.Geometry
+    subject: str
+    source: str  # the file (or series folder) it came from
+    index: int  # its position in the volume's axial slices
+    original: np.ndarray | None = None  # test slices only: the normalised slice on its original grid
+
+
+def _synthetic_slices(images: np.ndarray, contrast: str, first_subject: int, keep_original=False) -> list[Slice]:
+    geometry = preprocess.Geometry(*images.shape[1:], *images.shape[1:], 0, 0)
+    out = []
+    for i, image in enumerate(images):
+        subject = f"synthetic-{first_subject + i:07d}"
+        unit = preprocess.normalize(image)
+        out.append(Slice(unit, geometry, subject, f"{subject}-{contrast}", 0, unit if keep_original else None))
+    return out
+
+
+def volume_slices(volume, min_foreground: float, keep_original: bool = False) -> list[Slice]:
+    """A volume's axial slices, normalised per volume, on the canvas, near-empty ones dropped."""
+    scale = preprocess.intensity_scale(volume.data)
+    out = []
+    for index, raw in enumerate(volume.data):
+        unit = preprocess.normalize(raw, scale)
+        canvas, geometry = preprocess.to_canvas(unit)
+        if preprocess.foreground_fraction(canvas) >= min_foreground:
+            out.append(Slice(canvas, geometry, volume.subject, volume.path, index, unit if keep_original else None))
+    return out
+
+
+def _file_slices(specs: list[str], spec: DataSpec, what: str) -> list[Slice]:
+    from data import readers
+
+    volumes = [v for path in specs for v in readers.read_path(path, spec.on_bad_file)]
+    slices = [s for v in volumes for s in volume_slices(v, spec.min_foreground)]
+    if not slices:
+        raise readers.BadFileError(
+            f"{what}: no slice with at least {spec.min_foreground:.0%} foreground in {', '.join(specs)}"
+        )
+    logging.info("%s: %d slices from %d volumes", what, len(slices), len(volumes))
+    return slices
+
+
+def _layout(spec: DataSpec):
+    from data import layouts
+
+    return layouts.layout_files(spec.data_dir, spec.layout)
+
+
+def stack(slices: list[Slice]) -> np.ndarray:
+    return np.stack([s.image for s in slices]).astype(np.float32)
+
+
+def training_slices(spec: DataSpec) -> tuple[list[Slice], list[Slice]]:
+    """Unpaired training slices of domain A (T1) and domain B (T2)."""
+    if spec.synthetic:
+        t1, t2 = phantom.unpaired_train(spec.synthetic_subjects, spec.synthetic_seed)
+        return _synthetic_slices(t1, "t1", 0), _synthetic_slices(t2, "t2", spec.synthetic_subjects)
+    if spec.data_dir:
+        files = _layout(spec)
+        return _file_slices(files.train_a, spec, "train_a"), _file_slices(files.train_b, spec, "train_b")
+    if not (spec.train_a and spec.train_b):
+        raise ValueError("give both --train_a and --train_b (or --data_dir)")
+    return _file_slices([spec.train_a], spec, "train_a"), _file_slices([spec.train_b], spec, "train_b")
+
+
+def test_pairs(spec: DataSpec) -> list[tuple[Slice, Slice]]:
+    """Paired (T1, T2) test slices: the same subject and slice in both contrasts."""
+    if spec.synthetic and not (spec.test_a or spec.test_b):
+        t1, t2 = phantom.paired_test(spec.synthetic_test_subjects, spec.synthetic_seed)
+        first = 1_000_000
+        return list(zip(_synthetic_slices(t1, "t1", first, True), _synthetic_slices(t2, "t2", first, True)))
+    from data import layouts, readers
+
+    if spec.test_a or spec.test_b:
+        if not (spec.test_a and spec.test_b):
+            raise ValueError("give both --test_a and --test_b")
+        specs_a, specs_b = [spec.test_a], [spec.test_b]
+    elif spec.data_dir:
+        files = _layout(spec)
+        specs_a, specs_b = files.test_a, files.test_b
+    else:
+        raise ValueError("no paired test data: give --test_a and --test_b, or a --data_dir with a test split")
+    vols_a = [v for path in specs_a for v in readers.read_path(path, spec.on_bad_file)]
+    vols_b = [v for path in specs_b for v in readers.read_path(path, spec.on_bad_file)]
+    pairs = []
+    for vol_a, vol_b in layouts.pair_volumes(vols_a, vols_b):
+        if vol_a.data.shape != vol_b.data.shape:
+            logging.warning("skipping pair %s / %s: shapes %s and %s differ", vol_a.path, vol_b.path,
+                            vol_a.data.shape, vol_b.data.shape)
+            continue
+        # Keep the slices present in both after the foreground filter.
+        a = {s.index: s for s in volume_slices(vol_a, spec.min_foreground, keep_original=True)}
+        b = {s.index: s for s in volume_slices(vol_b, spec.min_foreground, keep_original=True)}
+        pairs.extend((a[i], b[i]) for i in sorted(a.keys() & b.keys()))
+    if not pairs:
+        raise readers.BadFileError(f"no paired test slices in {', '.join(specs_a + specs_b)}")
+    return pairs

@@ -1,0 +1,56 @@
+"""tf.data input: the two domains unpaired, shuffled independently, augmented in parallel."""
+
+import numpy as np
+import tensorflow as tf
+
+from data.augment import AugmentOptions, augment
+
+
+def _domain(slices: np.ndarray, batch_size: int, seed: int, options: AugmentOptions | None) -> tf.data.Dataset:
+    """One domain's endless stream of [-1, 1] batches; `slices` are [N, 256, 256] in [0, 1].
+
+    The decoded slices stay in host memory and the dataset shuffles indices into
+    them, so no copy lands in the graph (whose protos are limited to 2 GB).
+    """
+    slices = np.ascontiguousarray(slices, dtype=np.float32)
+    size = slices.shape[1:]
+
+    def lookup(index):
+        image = tf.numpy_function(lambda i: slices[i], [index], tf.float32, stateful=False)
+        return tf.ensure_shape(image, size)[..., tf.newaxis]
+
+    indices = tf.data.Dataset.range(len(slices)).shuffle(len(slices), seed=seed, reshuffle_each_iteration=True)
+    images = indices.repeat().map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
+    if options is not None and options.enabled:
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        images = tf.data.Dataset.zip(images, seeds).map(
+            lambda image, pair: augment(image, options, pair), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    return images.map(lambda x: x * 2.0 - 1.0, num_parallel_calls=tf.data.AUTOTUNE).batch(
+        batch_size, drop_remainder=True
+    )
+
+
+def unpaired_dataset(
+    slices_a: np.ndarray,
+    slices_b: np.ndarray,
+    batch_size: int,
+    seed: int,
+    options: AugmentOptions | None = None,
+) -> tf.data.Dataset:
+    """Endless (A, B) batch pairs; A and B never come from a shared index, so no pairing leaks in."""
+    a = _domain(slices_a, batch_size, seed, options)
+    b = _domain(slices_b, batch_size, seed + 1, options)
+    return tf.data.Dataset.zip(a, b).prefetch(tf.data.AUTOTUNE)
+
+
+def augment_options(values) -> AugmentOptions:
+    """The augmentation flags (data/flags.py) as options."""
+    return AugmentOptions(
+        jitter=values.augment_jitter,
+        flip=values.augment_flip,
+        rotate_degrees=values.augment_rotate,
+        scale=values.augment_scale,
+        gamma=values.augment_gamma,
+        bias_field=values.augment_bias_field,
+    )

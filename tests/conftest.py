@@ -1,0 +1,38 @@
+"""Shared fixtures: the real MRI folder next to the repository, NIfTI writing and absl warnings."""
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real public MRI, never copied into the repo), or skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real MRI test data absent: {SHARED_DATA} (CI provides it at ../shared/data)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def write_nifti():
+    """Write `data` with `affine` (default identity = RAS) to `path`; returns the path."""
+
+    def write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.asarray(data), np.eye(4) if affine is None else affine), str(path))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def absl_warnings(caplog):
+    """A callable returning the absl warning messages logged so far in the test."""
+    caplog.set_level(logging.WARNING, logger="absl")
+    return lambda: [r.getMessage() for r in caplog.records if r.name == "absl" and r.levelno >= logging.WARNING]
