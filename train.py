@@ -55,7 +55,6 @@ def _on_sigterm(signum, frame):
 
 def main(argv):
     del argv
-    import numpy as np
     import tensorflow as tf
 
     from data import datasets, pipeline, readers

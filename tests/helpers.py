@@ -4,10 +4,15 @@ import glob
 import os
 import re
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
+import pydicom
 import tensorflow as tf
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small and fast: few phantom subjects, one summary sample.
@@ -55,3 +60,35 @@ def summaries(logdir: str) -> dict[str, dict[int, object]]:
                     item = plugin
                 out.setdefault(value.tag, {})[event.step] = item
     return out
+
+
+def write_dicom(path: Path, stored: np.ndarray, series_uid: str, instance: int, position=None,
+                orientation=(1, 0, 0, 0, 1, 0), slope=None, intercept=None,
+                photometric="MONOCHROME2", with_pixels=True) -> Path:
+    """A minimal MR DICOM file (with 'DICM' preamble) holding uint16 `stored` pixels."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "MR", "P001"
+    ds.SeriesInstanceUID, ds.InstanceNumber = series_uid, instance
+    if position is not None:
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = list(position), list(orientation)
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if with_pixels:
+        ds.Rows, ds.Columns = stored.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = stored.astype(np.uint16).tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def write_png(path: Path, pixels: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode).save(path)
+    return path

@@ -1,6 +1,5 @@
 """data/readers.py: every format read exactly, every bad file turned into a one-line BadFileError."""
 
-import gzip
 import random
 from pathlib import Path
 
@@ -10,45 +9,13 @@ import pydicom
 import pydicom.data
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import generate_uid
 
 from data.readers import BadFileError, read_file, read_path, subject_from_name, to_original_nifti
+from tests.helpers import write_dicom, write_png
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 RAMP = np.arange(4, dtype=np.uint8).reshape(2, 2)  # not constant, so no "constant image" warning
-
-
-def write_dicom(path: Path, stored: np.ndarray, series_uid: str, instance: int, position=None,
-                orientation=(1, 0, 0, 0, 1, 0), slope=None, intercept=None,
-                photometric="MONOCHROME2", with_pixels=True) -> Path:
-    """A minimal MR DICOM file (with 'DICM' preamble) holding uint16 `stored` pixels."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "MR", "P001"
-    ds.SeriesInstanceUID, ds.InstanceNumber = series_uid, instance
-    if position is not None:
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = list(position), list(orientation)
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if with_pixels:
-        ds.Rows, ds.Columns = stored.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = stored.astype(np.uint16).tobytes()
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
-    return path
-
-
-def write_png(path: Path, pixels: np.ndarray, mode: str | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels, mode).save(path)
-    return path
 
 
 # ---------------------------------------------------------------- images
