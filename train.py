@@ -140,7 +140,9 @@ def main(argv):
     try:
         for epoch in range(start // steps_per_epoch, FLAGS.epochs):
             logging.info("epoch %d/%d (learning rate %.3g)", epoch + 1, FLAGS.epochs, float(model.learning_rate()))
-            progress = tf.keras.utils.Progbar(steps_per_epoch, stateful_metrics=["lr"])
+            # A live bar on a terminal; one line per epoch in a log file.
+            progress = tf.keras.utils.Progbar(steps_per_epoch, stateful_metrics=["lr"],
+                                              verbose=1 if sys.stdout.isatty() else 2)
             progress.update(step - epoch * steps_per_epoch)
             tick, tick_step = time.perf_counter(), step
             while step < (epoch + 1) * steps_per_epoch:

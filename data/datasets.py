@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 from absl import logging
 
-from data import phantom, preprocess
+from data import layouts, phantom, preprocess, readers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +82,6 @@ def volume_slices(volume, min_foreground: float, keep_original: bool = False) ->
 
 
 def _file_slices(specs: list[str], spec: DataSpec, what: str) -> list[Slice]:
-    from data import readers
-
     volumes = [v for path in specs for v in readers.read_path(path, spec.on_bad_file)]
     slices = [s for v in volumes for s in volume_slices(v, spec.min_foreground)]
     if not slices:
@@ -94,9 +92,7 @@ def _file_slices(specs: list[str], spec: DataSpec, what: str) -> list[Slice]:
     return slices
 
 
-def _layout(spec: DataSpec):
-    from data import layouts
-
+def _layout(spec: DataSpec) -> layouts.DomainFiles:
     return layouts.layout_files(spec.data_dir, spec.layout)
 
 
@@ -123,8 +119,6 @@ def test_pairs(spec: DataSpec) -> list[tuple[Slice, Slice]]:
         t1, t2 = phantom.paired_test(spec.synthetic_test_subjects, spec.synthetic_seed)
         first = 1_000_000
         return list(zip(_synthetic_slices(t1, "t1", first, True), _synthetic_slices(t2, "t2", first, True)))
-    from data import layouts, readers
-
     if spec.test_a or spec.test_b:
         if not (spec.test_a and spec.test_b):
             raise ValueError("give both --test_a and --test_b")
@@ -132,6 +126,8 @@ def test_pairs(spec: DataSpec) -> list[tuple[Slice, Slice]]:
     elif spec.data_dir:
         files = _layout(spec)
         specs_a, specs_b = files.test_a, files.test_b
+        if not (specs_a and specs_b):
+            raise ValueError(f"{spec.data_dir} has no paired test split (give --test_a and --test_b)")
     else:
         raise ValueError("no paired test data: give --test_a and --test_b, or a --data_dir with a test split")
     vols_a = [v for path in specs_a for v in readers.read_path(path, spec.on_bad_file)]
