@@ -75,9 +75,10 @@ def volume_slices(volume, min_foreground: float, keep_original: bool = False) ->
     out = []
     for index, raw in enumerate(volume.data):
         unit = preprocess.normalize(raw, scale)
+        if preprocess.foreground_fraction(unit) < min_foreground:  # of the slice itself, not the padded canvas
+            continue
         canvas, geometry = preprocess.to_canvas(unit)
-        if preprocess.foreground_fraction(canvas) >= min_foreground:
-            out.append(Slice(canvas, geometry, volume.subject, volume.path, index, unit if keep_original else None))
+        out.append(Slice(canvas, geometry, volume.subject, volume.path, index, unit if keep_original else None))
     return out
 
 

@@ -74,25 +74,29 @@ def write_dicom_series(volume: readers.Volume, slices: np.ndarray, folder: str, 
     * window, LUT, padding and min/max-pixel tags removed (they described the source pixels);
     * uncompressed Explicit VR Little Endian.
 
-    Files keep their source names (relative to the series folder). Multi-frame files are
+    Files keep their names relative to `dicom_series_folder(volume)`. Multi-frame files are
     refused: their per-frame functional groups would need rewriting.
     """
     datasets = volume.meta["datasets"]
     if len(datasets) != len(slices):
         raise ValueError(f"{volume.path}: multi-frame DICOM output is not supported; convert the series to NIfTI")
-    slope = DSfloat(max(float(np.max(slices)), 0.0) / UINT16_MAX or 1.0, auto_format=True)
+    peak = float(np.max(slices))
+    slope = DSfloat(peak / UINT16_MAX if peak > 0 else 1.0, auto_format=True)  # DS: at most 16 characters
     stored = np.clip(np.round(np.asarray(slices, np.float64) / float(slope)), 0, UINT16_MAX).astype(np.uint16)
     series_uid = generate_uid()
-    source_folder = volume.path if os.path.isdir(volume.path) else os.path.dirname(volume.path)
+    source_folder = dicom_series_folder(volume)
     paths = []
     for source, pixels in zip(datasets, stored):
+        missing = [keyword for keyword in ("SOPClassUID", "SOPInstanceUID") if keyword not in source]
+        if missing:
+            raise ValueError(f"{source.filename}: no {' or '.join(missing)}, so no DICOM can be derived from it")
         dataset = copy.deepcopy(source)
         for keyword in _STALE_PIXEL_TAGS:
             if keyword in dataset:
                 delattr(dataset, keyword)
         dataset.ensure_file_meta()
         dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        # a new SOPInstanceUID too; save_as copies it to MediaStorageSOPInstanceUID
+        # a new SOPInstanceUID too; dcmwrite copies it to MediaStorageSOPInstanceUID
         dataset.set_pixel_data(pixels, "MONOCHROME2", 16)
         dataset.RescaleSlope, dataset.RescaleIntercept = slope, 0
         dataset.SeriesInstanceUID = series_uid
@@ -106,6 +110,11 @@ def write_dicom_series(volume: readers.Volume, slices: np.ndarray, folder: str, 
         pydicom.dcmwrite(path, dataset, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def dicom_series_folder(volume: readers.Volume) -> str:
+    """The folder a DICOM volume's files live in: the series folder, or the folder of a one-file series."""
+    return volume.path if os.path.isdir(volume.path) else os.path.dirname(volume.path)
 
 
 def _reference_to(source: Dataset) -> Dataset:

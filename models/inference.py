@@ -14,20 +14,24 @@ DIRECTIONS = ("t1_to_t2", "t2_to_t1")
 Generator = Callable[[np.ndarray], np.ndarray]
 
 
-def _check_direction(direction: str) -> None:
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}")
+def _as_function(network) -> Generator:
+    forward = tf.function(lambda x: network(x, training=False), reduce_retracing=True)
+    return lambda batch: forward(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
 
-def from_checkpoint(logdir: str, direction: str, checkpoint_path: str | None = None) -> tuple[Generator, int]:
-    """The generator of `direction` from a run's newest (or the given) checkpoint, and its step."""
+def from_checkpoint(logdir: str, checkpoint_path: str | None = None) -> tuple[dict[str, Generator], int]:
+    """Both generators ({direction: generator}) of a run's newest (or the given) checkpoint, and its step.
+
+    Raises ValueError with a one-line reason for a truncated or corrupt checkpoint.
+    """
     from training.checkpoints import restore_generators
 
-    _check_direction(direction)
-    generator_g, generator_f, step = restore_generators(logdir, checkpoint_path)
-    network = generator_g if direction == "t1_to_t2" else generator_f
-    forward = tf.function(lambda x: network(x, training=False), reduce_retracing=True)
-    return lambda batch: forward(tf.convert_to_tensor(batch, tf.float32)).numpy(), step
+    try:
+        generator_g, generator_f, step = restore_generators(logdir, checkpoint_path)
+    except (tf.errors.OpError, IndexError, AssertionError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{checkpoint_path or logdir}: unreadable checkpoint ({reason})") from error
+    return {"t1_to_t2": _as_function(generator_g), "t2_to_t1": _as_function(generator_f)}, step
 
 
 def from_saved_model(path: str) -> Generator:

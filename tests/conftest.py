@@ -7,6 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.helpers import QUICK, script
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -36,3 +38,12 @@ def absl_warnings(caplog):
     """A callable returning the absl warning messages logged so far in the test."""
     caplog.set_level(logging.WARNING, logger="absl")
     return lambda: [r.getMessage() for r in caplog.records if r.name == "absl" and r.levelno >= logging.WARNING]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> str:
+    """The logdir of a one-step training run on the built-in data, shared by the tests that only read it."""
+    logdir = str(tmp_path_factory.mktemp("trained_run"))
+    result = script("train.py", "--epochs=1", "--steps_per_epoch=1", f"--logdir={logdir}", *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return logdir

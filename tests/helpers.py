@@ -1,6 +1,7 @@
 """Shared test helpers: running the entry scripts and reading what they wrote."""
 
 import glob
+import copy
 import os
 import re
 import subprocess
@@ -9,12 +10,14 @@ import sys
 
 import numpy as np
 import pydicom
+import pydicom.data
 import tensorflow as tf
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERMUTED_LPS = np.array([[0, -0.9, 0, 30], [-1.1, 0, 0, 20], [0, 0, 2.5, -10], [0, 0, 0, 1]])  # oblique-free, axes swapped
 # Small and fast: few phantom subjects, one summary sample.
 QUICK = ["--synthetic_subjects=6", "--synthetic_test_subjects=2", "--summary_images=1", "--log_every_steps=1"]
 
@@ -92,3 +95,19 @@ def write_png(path: Path, pixels: np.ndarray, mode: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels, mode).save(path)
     return path
+
+
+def write_mr_series(folder: Path, stored: np.ndarray, photometric: str = "MONOCHROME2") -> list[Path]:
+    """A series made from pydicom's MR_small.dcm (a real scanner header): one file per slice, 0.8 mm apart."""
+    template = pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm"))
+    template.SeriesInstanceUID, template.ImageType = generate_uid(), ["ORIGINAL", "PRIMARY", "M"]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, pixels in enumerate(stored):
+        dataset = copy.deepcopy(template)
+        dataset.set_pixel_data(pixels.astype(np.uint16), photometric, 16)
+        dataset.InstanceNumber = k + 1
+        dataset.ImagePositionPatient = [-83.9063, -91.2, 6.6406 + 0.8 * k]
+        paths.append(folder / f"IM{k:04d}")  # extension-less, as scanners export them
+        dataset.save_as(paths[-1], enforce_file_format=True)
+    return paths

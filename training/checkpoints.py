@@ -64,5 +64,6 @@ def restore_generators(logdir: str, checkpoint_path: str | None = None):
     generator_g, generator_f = build_generator("generator_g"), build_generator("generator_f")
     step = tf.Variable(0, dtype=tf.int64, name="step")
     path = checkpoint_path or latest_checkpoint(logdir)
-    tf.train.Checkpoint(step=step, generator_g=generator_g, generator_f=generator_f).restore(path).expect_partial()
+    status = tf.train.Checkpoint(step=step, generator_g=generator_g, generator_f=generator_f).restore(path)
+    status.expect_partial().assert_existing_objects_matched()
     return generator_g, generator_f, int(step)
