@@ -1,11 +1,11 @@
 r"""Translates T1 <-> T2 brain MRI with a trained generator, back into the input's format and grid.
 
   python translate.py --direction=t1_to_t2 --input=sub-01_T1w.nii.gz --output=out/ --logdir=runs/
-  python translate.py --direction=t1_to_t2 --input=dicom/t1_series/ --output=synthetic_t2/ --model=exported/
+  python translate.py --direction=t1_to_t2 --input=dicom/t1_series/ --output=synthetic_t2/ --model=exported/t1_to_t2
 
 --input is a file, a folder (searched recursively; DICOM files grouped into series) or a glob.
 NIfTI -> NIfTI (same shape, affine and header), DICOM series -> a new DICOM series, PNG/TIFF/JPEG
--> 16-bit PNG. Behaviour per format and the choices behind it: docs/translate.md.
+-> 16-bit PNG. Behaviour per format and the choices behind it: README.md ("Translate").
 Synthetic images are for research and education, never for diagnosis.
 """
 

@@ -6,7 +6,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.helpers import QUICK, ROOT, checkpoint_step, checkpoint_weight_count, script, summaries
 
@@ -68,3 +70,15 @@ def test_sigkill_then_restart_ends_at_the_planned_step(tmp_path):
     result = script("train.py", "--epochs=3", "--steps_per_epoch=2", f"--logdir={logdir}", *QUICK)
     assert result.returncode == 0, result.stderr[-3000:]
     assert checkpoint_step(logdir) == 6
+
+
+def test_deterministic_runs_are_bit_identical(trained_run, tmp_path):
+    """--deterministic: the same flags give the same checkpoint, weights, optimizer slots and pools alike."""
+    result = script("train.py", "--epochs=1", "--steps_per_epoch=1", "--deterministic", f"--logdir={tmp_path}", *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(trained_run, "checkpoints")))
+    second = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(tmp_path, "checkpoints")))
+    names = sorted(first.get_variable_to_shape_map())
+    assert names == sorted(second.get_variable_to_shape_map())
+    different = [name for name in names if not np.array_equal(first.get_tensor(name), second.get_tensor(name))]
+    assert different == []
