@@ -1,0 +1,83 @@
+"""Times one 256x256 slice through each export of export.py: SavedModel and TFLite float32/float16.
+
+  python export.py --logdir=runs/ --output_dir=exported/ --direction=t1_to_t2
+  python benchmarks/inference_speed.py --output_dir=exported/ --direction=t1_to_t2 --repeats=20
+
+Warm-up calls are excluded; the median and the minimum over --repeats single-slice calls are reported.
+"""
+
+import functools
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+flags.DEFINE_string("output_dir", "exported/", "export.py's --output_dir.")
+flags.DEFINE_enum("direction", "t1_to_t2", ["t1_to_t2", "t2_to_t1"], "Which export to time.")
+flags.DEFINE_integer("repeats", 20, "Timed calls per artifact.")
+flags.DEFINE_integer("warmup", 3, "Untimed calls first (tracing, allocation, caches).", lower_bound=1)
+flags.DEFINE_integer("threads", os.cpu_count(), "TFLite interpreter threads (TensorFlow uses all cores).")
+FLAGS = flags.FLAGS
+
+
+def seconds_per_call(call) -> tuple[float, list[float]]:
+    """The first call's time (tracing, allocation, delegate set-up) and the timed calls after the warm-up."""
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    for _ in range(FLAGS.warmup - 1):
+        call()
+    times = []
+    for _ in range(FLAGS.repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return first, times
+
+
+def report(name: str, load_seconds: float, timings: tuple[float, list[float]]) -> None:
+    first, times = timings
+    print(f"{name}: {statistics.median(times) * 1e3:.0f} ms/slice median, {min(times) * 1e3:.0f} ms min over "
+          f"{len(times)} calls (load {load_seconds:.1f} s, first call {first:.2f} s)", flush=True)
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    from data import phantom, preprocess
+
+    t1, t2 = phantom.paired_test(1)
+    source = t1[0] if FLAGS.direction == "t1_to_t2" else t2[0]
+    image = preprocess.to_network(preprocess.normalize(source))[np.newaxis, ..., np.newaxis]
+    raw = source.astype(np.float32) * np.float32(1000.0)
+
+    start = time.perf_counter()
+    signatures = tf.saved_model.load(os.path.join(FLAGS.output_dir, FLAGS.direction)).signatures
+    load_seconds = time.perf_counter() - start
+    serve, translate_raw = signatures["serving_default"], signatures["translate_raw"]
+    images = tf.constant(image)
+    report("SavedModel serving_default", load_seconds,
+           seconds_per_call(lambda: serve(images=images)["translated"].numpy()))
+    raw_tensor = tf.constant(raw)
+    report("SavedModel translate_raw (raw slice, preprocessing in the graph)", load_seconds,
+           seconds_per_call(lambda: translate_raw(image=raw_tensor)["translated"].numpy()))
+
+    warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
+    for suffix in ("", "_float16"):
+        path = os.path.join(FLAGS.output_dir, f"{FLAGS.direction}{suffix}.tflite")
+        start = time.perf_counter()
+        runner = tf.lite.Interpreter(model_path=path, num_threads=FLAGS.threads).get_signature_runner("serving_default")
+        load_seconds = time.perf_counter() - start
+        report(f"TFLite {os.path.basename(path)} ({FLAGS.threads} threads)", load_seconds,
+               seconds_per_call(functools.partial(runner, images=image)))
+
+
+if __name__ == "__main__":
+    app.run(main)
