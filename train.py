@@ -32,7 +32,7 @@ flags.DEFINE_integer("pool_size", 50, "Image-history pool size per domain (0 dis
 flags.DEFINE_enum("xla", "auto", ["auto", "true", "false"], "Compile the step with XLA; auto: on GPU only (measured slower on CPU, see BUILD.md).")
 flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"], "Compute precision (mixed_float16 uses loss scaling).")
 flags.DEFINE_integer("seed", 0, "Seed for weights, data order, augmentation and pools.")
-flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism (slower; reproducible runs).")
+flags.DEFINE_bool("deterministic", False, "Bit-reproducible runs: TensorFlow op determinism on one CPU thread (slower).")
 flags.DEFINE_integer("save_every_steps", None, "Also checkpoint every this many steps (always at each epoch's end and on Ctrl-C).")
 flags.DEFINE_integer("log_every_steps", 10, "Write scalar summaries every this many steps.")
 flags.DEFINE_integer("summary_images", 3, "Fixed samples shown as translation grids in TensorBoard each epoch.")
@@ -68,6 +68,10 @@ def main(argv):
     tf.keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
+        # Multi-threaded CPU kernels may sum in a different order from run to run (measured: 1e-11 weight
+        # differences between two runs on a busy machine), so a reproducible run uses one thread.
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.keras.mixed_precision.set_global_policy(FLAGS.precision)
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     xla = {"true": True, "false": False, "auto": on_gpu}[FLAGS.xla]
