@@ -23,11 +23,11 @@ from PIL import Image
 
 import data.flags
 from data import datasets, preprocess, readers, writers
-from models.inference import DIRECTIONS, from_checkpoint, translate_canvases
+from models.inference import DIRECTIONS, SOURCE_INDEX, from_checkpoint, newest_checkpoint, translate_canvases
 from training import metrics, run_flags
-from training.checkpoints import latest_checkpoint
 
 FLAGS = flags.FLAGS
+data.flags.define_dataset_flags()
 
 flags.DEFINE_string("logdir", "runs/", "Run directory: its newest checkpoint and saved flags are used.")
 flags.DEFINE_string("metrics", "ssim,psnr", f"Comma-separated metrics ({', '.join(metrics.METRICS)}); each is "
@@ -35,11 +35,10 @@ flags.DEFINE_string("metrics", "ssim,psnr", f"Comma-separated metrics ({', '.joi
 flags.DEFINE_enum("direction", "both", ["both", "t1_to_t2", "t2_to_t1"], "Translation direction(s) to evaluate.")
 flags.DEFINE_string("output_dir", None, "Where metrics.json, metrics.csv and examples.png go (default: <logdir>/eval).")
 flags.DEFINE_bool("save_predictions", False, "Also save every prediction as a 16-bit PNG on the original grid.")
-flags.DEFINE_integer("batch_size", 8, "Slices per generator call.")
-flags.DEFINE_integer("examples", 4, "Test pairs shown in examples.png (0: no picture).")
+flags.DEFINE_integer("batch_size", 8, "Slices per generator call.", lower_bound=1)
+flags.DEFINE_integer("examples", 4, "Test pairs shown in examples.png (0: no picture).", lower_bound=0)
 
 REVERSE = {"t1_to_t2": "t2_to_t1", "t2_to_t1": "t1_to_t2"}
-SOURCE_INDEX = {"t1_to_t2": 0, "t2_to_t1": 1}  # position of the source contrast in a (T1, T2) pair
 CYCLE = {"t1_to_t2": "t1_cycle", "t2_to_t1": "t2_cycle"}  # T1 -> T2 -> T1 against the T1 source, and T2's
 BASELINE = "baseline_identity"
 # Where the test data comes from; one given on the command line replaces all the run's saved ones.
@@ -54,7 +53,7 @@ def data_spec(logdir: str) -> datasets.DataSpec:
     if not values:
         logging.warning("no %s in %s: the data flags given here (or their defaults) are used", run_flags.FLAGFILE,
                         logdir)
-    given = {name: FLAGS[name].value for name in data.flags.DATA_FLAGS if FLAGS[name].present}
+    given = {name: FLAGS[name].value for name in data.flags.DATASET_FLAGS if FLAGS[name].present}
     if given.keys() & set(TEST_SOURCE_FLAGS):
         # Otherwise a saved --data_dir or --test_a would silently win over, or mix with, the new test data.
         values = {name: value for name, value in values.items() if name not in TEST_SOURCE_FLAGS}
@@ -182,11 +181,14 @@ def write_tensorboard(logdir: str, step: int, summaries: dict, columns: list[str
     writer.close()
 
 
-def newest_checkpoint(logdir: str) -> str:
+def prepare_output_dir(output_dir: str) -> None:
+    """Creates the output folder, or exits with one line when it cannot be one (e.g. it is a file)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        sys.exit(f"error: --output_dir={output_dir} is a file, not a folder")
     try:
-        return latest_checkpoint(logdir)
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}; train first with: python train.py --logdir={logdir}")
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"error: --output_dir={output_dir}: cannot create the folder ({e.strerror or e})")
 
 
 def load_test_pairs(spec: datasets.DataSpec) -> list:
@@ -205,7 +207,11 @@ def main(argv):
     columns = metrics.metric_columns(names)
     directions = DIRECTIONS if FLAGS.direction == "both" else (FLAGS.direction,)
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.logdir, EVAL_DIR)
-    checkpoint = newest_checkpoint(FLAGS.logdir)
+    try:
+        checkpoint = newest_checkpoint(FLAGS.logdir)
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
+    prepare_output_dir(output_dir)  # before the slow part: a bad folder fails now, not after inference
     spec = data_spec(FLAGS.logdir)
     pairs = load_test_pairs(spec)
     data_description = {"test": describe(spec), "pairs": len(pairs), "subjects": len({a.subject for a, _ in pairs})}
@@ -222,7 +228,6 @@ def main(argv):
     rows_by_name = {name: metric_rows(name, triples, names) for name, triples in compared.items()}
     summaries = {name: finite_or_none(metrics.summarize(rows, names)) for name, rows in rows_by_name.items()}
 
-    os.makedirs(output_dir, exist_ok=True)
     report = {**nested(summaries), "checkpoint": checkpoint, "checkpoint_step": step, "data": data_description}
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
         json.dump(report, f, indent=2, allow_nan=False)

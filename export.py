@@ -21,9 +21,8 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from data import datasets, preprocess, readers
-from models.inference import DIRECTIONS, translate_canvases
+from models.inference import CONTRASTS, DIRECTIONS, SOURCE_INDEX, card_path, checkpoint_networks, translate_canvases
 from training import run_flags
-from training.checkpoints import latest_checkpoint, restore_generators
 
 FLAGS = flags.FLAGS
 
@@ -33,8 +32,6 @@ flags.DEFINE_enum("direction", "both", ["both", *DIRECTIONS], "Direction(s) to e
 flags.DEFINE_bool("tflite", True, "Also write the float32 and float16 TFLite models.")
 
 CANVAS = preprocess.CANVAS
-SOURCE_INDEX = {"t1_to_t2": 0, "t2_to_t1": 1}  # position of the source contrast in a (T1, T2) pair
-CONTRASTS = {"t1_to_t2": ("T1", "T2"), "t2_to_t1": ("T2", "T1")}
 CHECK_SLICES = 4
 # Largest absolute difference to the checkpoint's generator allowed per artifact, on [-1, 1] outputs
 # (translate_raw: on its [0, 1] output). float16 rounds every weight to 11 significant bits; the bound
@@ -344,7 +341,7 @@ def export_direction(direction: str, generator: tf.keras.Model, step: int, check
     diffs = run_checks(generator, paths, slices)
     artifacts = {name: os.path.relpath(path, FLAGS.output_dir) for name, path in paths.items()}
     write_json(card(direction, generator, step, checkpoint, training_flags, artifacts,
-                    check_report(diffs, origin, len(slices))), os.path.join(FLAGS.output_dir, f"{direction}.json"))
+                    check_report(diffs, origin, len(slices))), card_path(paths["saved_model"]))
     failed = []
     for name, path in paths.items():
         print(f"{direction} {name}: {path} ({size_bytes(path) / 1e6:.1f} MB, written in {seconds[name]:.1f} s)")
@@ -358,31 +355,25 @@ def export_direction(direction: str, generator: tf.keras.Model, step: int, check
     return failed
 
 
-def restore(logdir: str) -> tuple[str, dict[str, tf.keras.Model], int]:
-    """The newest checkpoint's path, its generators by direction and its step; else a one-line exit."""
-    try:
-        checkpoint = latest_checkpoint(logdir)
-    except FileNotFoundError as error:
-        sys.exit(f"error: {error}; train first with: python train.py --logdir={logdir}")
-    try:
-        generator_g, generator_f, step = restore_generators(logdir, checkpoint)
-    except (tf.errors.OpError, IndexError, AssertionError) as error:  # truncated or corrupt files
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        sys.exit(f"error: {checkpoint}: unreadable checkpoint ({reason})")
-    return checkpoint, {"t1_to_t2": generator_g, "t2_to_t1": generator_f}, step
-
-
 def main(argv):
     del argv
     # tf.lite.Interpreter works in TF 2.21 but warns that LiteRT (ai_edge_litert, not a dependency) replaces it.
     warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
     start = time.perf_counter()
-    checkpoint, generators, step = restore(FLAGS.logdir)
+    if os.path.exists(FLAGS.output_dir) and not os.path.isdir(FLAGS.output_dir):  # checked before the slow load
+        sys.exit(f"error: --output_dir={FLAGS.output_dir} is a file, not a folder")
+    try:
+        generators, checkpoint, step = checkpoint_networks(FLAGS.logdir)
+    except (FileNotFoundError, ValueError) as error:  # no checkpoint; a truncated or corrupt one
+        sys.exit(f"error: {error}")
     training_flags = run_flags.load(FLAGS.logdir)
     if not training_flags:
         logging.warning("no %s in %s: the checks use the default data flags", run_flags.FLAGFILE, FLAGS.logdir)
     spec = datasets.DataSpec.from_mapping(training_flags)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    try:
+        os.makedirs(FLAGS.output_dir, exist_ok=True)
+    except OSError as error:
+        sys.exit(f"error: --output_dir={FLAGS.output_dir}: cannot create the folder ({error.strerror or error})")
     directions = DIRECTIONS if FLAGS.direction == "both" else (FLAGS.direction,)
     failed = [name for d in directions
               for name in export_direction(d, generators[d], step, checkpoint, training_flags, spec)]

@@ -27,11 +27,11 @@ flags.DEFINE_string("input", None, "A file, a folder (searched recursively) or a
 flags.DEFINE_string("output", None, "A folder (created) mirroring the input names; or a .nii/.nii.gz/.png file when "
                                     "the input is one volume of that kind.")
 flags.DEFINE_string("logdir", "runs/", "Run directory whose newest checkpoint is used (unless --model is given).")
-flags.DEFINE_string("model", None, "An exported SavedModel folder, used instead of a checkpoint in --logdir.")
+flags.DEFINE_string("model", None, "An exported SavedModel folder (export.py), used instead of a checkpoint in "
+                    "--logdir; when its card <folder>.json is there, it must name --direction.")
 flags.DEFINE_integer("batch_size", 8, "Slices per network call.", lower_bound=1)
 flags.mark_flags_as_required(["direction", "input", "output"])
 
-CONTRASTS = {"t1_to_t2": ("T1w", "T2w"), "t2_to_t1": ("T2w", "T1w")}
 # --output names a file (not a folder) when it ends in one of these; the input must then be one such volume.
 FILE_OUTPUT_SUFFIXES = {"nifti": readers.NIFTI_SUFFIXES, "image": (".png",)}
 
@@ -99,7 +99,7 @@ def _mirrored_name(volume: readers.Volume, root: str) -> str:
 
 def write_translation(volume: readers.Volume, unit: np.ndarray, target: str, direction: str) -> None:
     """NIfTI and DICOM get values in the input's intensity scale; images their [0, 1] values as 16-bit PNG."""
-    source, result = CONTRASTS[direction]
+    source, result = inference.CONTRASTS[direction]
     in_input_scale = unit * np.float32(preprocess.intensity_scale(volume.data))
     if volume.kind == "nifti":
         writers.write_nifti(volume, in_input_scale, target, f"synthetic {result} from {source} by mri-cyclegan, "
@@ -112,6 +112,17 @@ def write_translation(volume: readers.Volume, unit: np.ndarray, target: str, dir
     else:  # a multi-page TIFF: one PNG per page
         for page, image in enumerate(unit):
             writers.write_png16(image, f"{os.path.splitext(target)[0]}_page{page:03d}.png")
+
+
+def check_model_direction(model: str, direction: str) -> None:
+    """Refuses a SavedModel whose export card names the other direction; warns when there is no card."""
+    exported = inference.exported_direction(model)
+    if exported is None:
+        logging.warning("no model card %s: cannot check that %s translates %s", inference.card_path(model), model,
+                        direction)
+    elif exported != direction:
+        raise ValueError(f"--model={model} translates {exported} (its card {inference.card_path(model)}), "
+                         f"not --direction={direction}")
 
 
 def load_generator():
@@ -133,6 +144,8 @@ def load_generator():
 def main(argv):
     del argv
     try:
+        if FLAGS.model:
+            check_model_direction(FLAGS.model, FLAGS.direction)  # before reading any volume
         volumes = readers.read_path(FLAGS.input, FLAGS.on_bad_file)
         targets = output_paths(volumes, FLAGS.input, FLAGS.output)
         generator = load_generator()

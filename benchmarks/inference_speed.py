@@ -20,9 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 flags.DEFINE_string("output_dir", "exported/", "export.py's --output_dir.")
 flags.DEFINE_enum("direction", "t1_to_t2", ["t1_to_t2", "t2_to_t1"], "Which export to time.")
-flags.DEFINE_integer("repeats", 20, "Timed calls per artifact.")
+flags.DEFINE_integer("repeats", 20, "Timed calls per artifact.", lower_bound=1)
 flags.DEFINE_integer("warmup", 3, "Untimed calls first (tracing, allocation, caches).", lower_bound=1)
-flags.DEFINE_integer("threads", os.cpu_count(), "TFLite interpreter threads (TensorFlow uses all cores).")
+flags.DEFINE_integer("threads", os.cpu_count(), "TFLite interpreter threads (TensorFlow uses all cores).",
+                     lower_bound=1)
 FLAGS = flags.FLAGS
 
 

@@ -16,9 +16,9 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 flags.DEFINE_list("batch_size", ["1", "8"], "Batch sizes to time (1 is the training default).")
-flags.DEFINE_integer("slices", 2048, "Slices (both domains) per timed run.")
-flags.DEFINE_integer("warmup", 512, "Slices drawn before timing.")
-flags.DEFINE_integer("repeats", 5, "Timed runs.")
+flags.DEFINE_integer("slices", 2048, "Slices (both domains) per timed run.", lower_bound=2)
+flags.DEFINE_integer("warmup", 512, "Slices drawn before timing.", lower_bound=0)
+flags.DEFINE_integer("repeats", 5, "Timed runs.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 CONFIGURATIONS = {

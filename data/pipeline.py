@@ -26,7 +26,7 @@ def _domain(slices: np.ndarray, batch_size: int, seed: int, options: AugmentOpti
         images = tf.data.Dataset.zip(images, seeds).map(
             lambda image, pair: augment(image, options, pair), num_parallel_calls=tf.data.AUTOTUNE
         )
-    return images.map(lambda x: x * 2.0 - 1.0, num_parallel_calls=tf.data.AUTOTUNE).batch(
+    return images.map(lambda x: x * 2.0 - 1.0, num_parallel_calls=tf.data.AUTOTUNE).batch(  # to [-1, 1]
         batch_size, drop_remainder=True
     )
 
@@ -37,11 +37,18 @@ def unpaired_dataset(
     batch_size: int,
     seed: int,
     options: AugmentOptions | None = None,
+    epoch: int = 0,
+    skip: int = 0,
 ) -> tf.data.Dataset:
-    """Endless (A, B) batch pairs; A and B never come from a shared index, so no pairing leaks in."""
-    a = _domain(slices_a, batch_size, seed, options)
-    b = _domain(slices_b, batch_size, seed + 1, options)
-    return tf.data.Dataset.zip(a, b).prefetch(tf.data.AUTOTUNE)
+    """Endless (A, B) batch pairs; A and B never come from a shared index, so no pairing leaks in.
+
+    Order and augmentation are a function of (seed, epoch) alone, so a run resumed
+    `skip` batches into an epoch sees exactly the batches an uninterrupted run would.
+    """
+    seed_a, seed_b = (int(s) for s in np.random.SeedSequence([seed, epoch]).generate_state(2))
+    a = _domain(slices_a, batch_size, seed_a, options)
+    b = _domain(slices_b, batch_size, seed_b, options)
+    return tf.data.Dataset.zip(a, b).skip(skip).prefetch(tf.data.AUTOTUNE)
 
 
 def augment_options(values) -> AugmentOptions:

@@ -55,7 +55,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 ON_BAD_FILE = ("skip", "error")
 
-_GRAY_MODES = {"L": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
+_GRAY_MODES = ("L", "I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
 _RAS = axcodes2ornt("RAS")
 _SUBJECT_IN_NAME = (
@@ -271,8 +271,7 @@ def _read_image(path: str) -> Volume:
         logging.warning("%s: colour image (mode %s) converted to gray (ITU-R 601 luma)", path, mode)
     if len({frame.shape for frame in frames}) > 1:
         raise BadFileError(f"{path}: pages of different sizes in one image stack")
-    meta = {"bit_depth": _GRAY_MODES.get(mode, 8), "mode": mode}
-    return Volume(path, "image", np.stack(frames), subject_from_name(path), meta)
+    return Volume(path, "image", np.stack(frames), subject_from_name(path), {"mode": mode})
 
 
 def _gray_pixels(frame: Image.Image) -> np.ndarray:

@@ -1,15 +1,21 @@
 """A trained generator as a plain function, from a checkpoint or an exported SavedModel.
 
-translate.py and evaluate.py go through here. Loading a SavedModel imports no
+translate.py, evaluate.py and export.py go through here. Loading a SavedModel imports no
 training code, so an exported model works without the research code.
 """
 
+import json
+import os
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
+from data import preprocess
+
 DIRECTIONS = ("t1_to_t2", "t2_to_t1")
+SOURCE_INDEX = {"t1_to_t2": 0, "t2_to_t1": 1}  # position of the source contrast in a (T1, T2) pair
+CONTRASTS = {"t1_to_t2": ("T1w", "T2w"), "t2_to_t1": ("T2w", "T1w")}  # (source, result), BIDS suffixes
 
 Generator = Callable[[np.ndarray], np.ndarray]
 
@@ -19,19 +25,63 @@ def _as_function(network) -> Generator:
     return lambda batch: forward(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
 
-def from_checkpoint(logdir: str, checkpoint_path: str | None = None) -> tuple[dict[str, Generator], int]:
-    """Both generators ({direction: generator}) of a run's newest (or the given) checkpoint, and its step.
+def newest_checkpoint(logdir: str) -> str:
+    """The path of a run's newest checkpoint; FileNotFoundError (one line, with the fix) when it has none."""
+    from training.checkpoints import latest_checkpoint
 
-    Raises ValueError with a one-line reason for a truncated or corrupt checkpoint.
+    try:
+        return latest_checkpoint(logdir)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error}; train first with: python train.py --logdir={logdir}") from error
+
+
+def checkpoint_networks(logdir: str, checkpoint_path: str | None = None) -> tuple[dict[str, tf.keras.Model], str, int]:
+    """The Keras generators ({direction: model}) of a run's newest (or the given) checkpoint, its path and step.
+
+    Raises FileNotFoundError when the run has no checkpoint (newest_checkpoint) and ValueError with a
+    one-line reason for a truncated or corrupt checkpoint.
     """
     from training.checkpoints import restore_generators
 
+    path = checkpoint_path or newest_checkpoint(logdir)
     try:
-        generator_g, generator_f, step = restore_generators(logdir, checkpoint_path)
+        generator_g, generator_f, step = restore_generators(logdir, path)
     except (tf.errors.OpError, IndexError, AssertionError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"{checkpoint_path or logdir}: unreadable checkpoint ({reason})") from error
-    return {"t1_to_t2": _as_function(generator_g), "t2_to_t1": _as_function(generator_f)}, step
+        raise ValueError(f"{path}: unreadable checkpoint ({reason})") from error
+    return {"t1_to_t2": generator_g, "t2_to_t1": generator_f}, path, step
+
+
+def from_checkpoint(logdir: str, checkpoint_path: str | None = None) -> tuple[dict[str, Generator], int]:
+    """Both generators ({direction: generator}) of a run's newest (or the given) checkpoint, and its step.
+
+    Raises as checkpoint_networks does.
+    """
+    networks, _, step = checkpoint_networks(logdir, checkpoint_path)
+    return {direction: _as_function(network) for direction, network in networks.items()}, step
+
+
+def card_path(saved_model: str) -> str:
+    """The JSON card export.py writes beside a SavedModel folder: exported/t1_to_t2 -> exported/t1_to_t2.json."""
+    return os.path.normpath(saved_model) + ".json"
+
+
+def exported_direction(saved_model: str) -> str | None:
+    """The direction the card of an exported SavedModel names; None when there is no card.
+
+    Raises ValueError (one line) for a card that is not readable JSON or names no direction.
+    """
+    path = card_path(saved_model)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            direction = json.load(f).get("direction")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ValueError(f"{path}: unreadable model card ({type(error).__name__}: {error})") from error
+    if direction not in DIRECTIONS:
+        raise ValueError(f"{path}: the model card names no direction ({direction!r})")
+    return direction
 
 
 def from_saved_model(path: str) -> Generator:
@@ -49,6 +99,6 @@ def translate_canvases(generator: Generator, canvases: np.ndarray, batch_size: i
     """[N, 256, 256] slices in [0, 1] -> their translations in [0, 1], in batches."""
     out = np.empty(canvases.shape, np.float32)
     for start in range(0, len(canvases), batch_size):
-        batch = canvases[start : start + batch_size, ..., np.newaxis] * 2.0 - 1.0
-        out[start : start + batch_size] = np.clip((generator(batch)[..., 0] + 1.0) / 2.0, 0.0, 1.0)
+        batch = preprocess.to_network(canvases[start : start + batch_size, ..., np.newaxis])
+        out[start : start + batch_size] = preprocess.from_network(generator(batch)[..., 0])
     return out

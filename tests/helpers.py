@@ -19,7 +19,8 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERMUTED_LPS = np.array([[0, -0.9, 0, 30], [-1.1, 0, 0, 20], [0, 0, 2.5, -10], [0, 0, 0, 1]])  # oblique-free, axes swapped
 # Small and fast: few phantom subjects, one summary sample.
-QUICK = ["--synthetic_subjects=6", "--synthetic_test_subjects=2", "--summary_images=1", "--log_every_steps=1"]
+QUICK = ["--synthetic_subjects=6", "--synthetic_test_subjects=2", "--summary_images=1", "--log_every_steps=1",
+         "--keep_checkpoints=1"]
 
 
 def script(name: str, *args: str, **kwargs) -> subprocess.CompletedProcess:

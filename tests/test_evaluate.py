@@ -159,3 +159,24 @@ def test_logdir_without_checkpoint_is_a_one_line_error(tmp_path):
     result = script("evaluate.py", f"--logdir={tmp_path}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: no checkpoint in")
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["is_a_file", "under_a_file"])
+def test_output_dir_that_is_a_file_fails_before_inference(trained_run, tmp_path, inside):
+    """A file as --output_dir (or as its parent) stops with one line before any model is loaded."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    output_dir = blocker / "eval" if inside else blocker
+    result = script("evaluate.py", f"--logdir={trained_run}", f"--output_dir={output_dir}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: --output_dir={output_dir}"), last_line
+    assert "test data:" not in result.stderr  # stopped before reading the test data and running the generators
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("flag", ["--batch_size=0", "--examples=-1"])
+def test_out_of_range_integer_flags_are_refused_by_the_flag_parser(tmp_path, flag):
+    result = script("evaluate.py", f"--logdir={tmp_path}", flag)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"Flags parsing error: flag {flag}" in result.stderr, result.stderr[-2000:]

@@ -159,6 +159,7 @@ def test_json_card(exported):
     with open(os.path.join(output_dir, f"{DIRECTION}.json")) as f:
         card = json.load(f)
     assert card["direction"] == DIRECTION
+    assert (card["source_contrast"], card["target_contrast"]) == ("T1w", "T2w")  # as translate.py names them
     assert card["parameters"] == GENERATOR_PARAMS == 54_408_833
     assert card["checkpoint"]["step"] == checkpoint_step(logdir) == 1
     assert os.path.basename(card["checkpoint"]["path"]) == "ckpt-1"
@@ -202,6 +203,31 @@ def test_missing_or_broken_checkpoint_is_a_one_line_error(exported, tmp_path, st
     assert not output_dir.exists()
 
 
+def test_output_dir_that_is_a_file_is_a_one_line_error(tmp_path):
+    """Checked before the checkpoint is even looked for: no run is needed, nothing is written."""
+    blocker = tmp_path / "exported"
+    blocker.write_text("not a folder")
+    result = script("export.py", f"--logdir={tmp_path / 'run'}", f"--output_dir={blocker}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == f"error: --output_dir={blocker} is a file, not a folder", last_line
+    assert blocker.read_text() == "not a folder" and sorted(os.listdir(tmp_path)) == ["exported"]
+
+
+def test_translate_py_refuses_a_model_of_the_other_direction(exported, tmp_path, write_nifti):
+    """The card beside the SavedModel (<output_dir>/t1_to_t2.json) names its direction; --direction must match."""
+    t1, _ = phantom.paired_test(1)
+    volume = write_nifti(tmp_path / "t2.nii.gz", t1[0][..., np.newaxis])
+    model = os.path.join(exported[1], DIRECTION) + os.sep  # a trailing slash, as shell completion adds
+    result = script("translate.py", "--direction=t2_to_t1", f"--input={volume}", f"--output={tmp_path / 'out'}",
+                    f"--model={model}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and "translates t1_to_t2" in last_line, last_line
+    assert "not --direction=t2_to_t1" in last_line and f"{DIRECTION}.json" in last_line
+    assert not (tmp_path / "out").exists()
+
+
 def test_translate_py_from_the_saved_model_matches_the_checkpoint(exported, tmp_path, write_nifti):
     """translate.py --model=<export>/t1_to_t2 gives what translate.py --logdir gives, without training code."""
     logdir, output_dir, _ = exported
@@ -212,6 +238,7 @@ def test_translate_py_from_the_saved_model_matches_the_checkpoint(exported, tmp_
         target = tmp_path / (source.split("=")[0].strip("-") + ".nii.gz")
         result = script("translate.py", f"--direction={DIRECTION}", f"--input={volume}", f"--output={target}", source)
         assert result.returncode == 0, result.stderr[-3000:]
+        assert "no model card" not in result.stderr  # the card is there and names DIRECTION
         outputs[source] = nib.load(target)
     from_model, from_checkpoint = outputs.values()
     assert from_model.shape == from_checkpoint.shape == nib.load(volume).shape

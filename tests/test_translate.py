@@ -58,7 +58,8 @@ def assert_one_line_error(result, *words: str):
 def head_phantom(shape) -> np.ndarray:
     """An ellipse of 'tissue' with a ramp inside, zero air around it; values up to ~1000 like a scan.
 
-    Slices need some size: the foreground fraction (--min_foreground) is measured on the 256 x 256 canvas.
+    The ellipse covers about half of each slice, far above --min_foreground (0.05), which is measured on the
+    slice itself (data/datasets.volume_slices), so every slice of it is translated.
     """
     x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
     inside = x**2 / 0.8 + y**2 / 0.6 < 1
@@ -142,6 +143,7 @@ def test_png_folder_gives_16bit_pngs_of_the_original_sizes(identity_model, tmp_p
     write_png(tmp_path / "in" / "deep" / "large.tif", large)
     result = translate(f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'out'}", f"--model={identity_model}")
     assert_ok(result)
+    assert "no model card" in result.stderr and "cannot check" in result.stderr  # no <model>.json beside it
     with Image.open(tmp_path / "out" / "Image #1.png") as image:
         assert image.mode == "I;16" and image.size == (181, 217)
         expected = np.round(preprocess.normalize(small.astype(np.float32)) * 65535)

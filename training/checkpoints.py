@@ -39,12 +39,11 @@ class Checkpointer:
 
     def save(self) -> str:
         """Writes a checkpoint numbered by the step, refusing non-finite weights."""
-        variables = self.checkpoint_variables()
-        if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in variables):
+        if not all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in self.network_weights()):
             raise NonFiniteWeightsError(f"non-finite weights at step {int(self.model.step)}; checkpoint not written")
         return self.manager.save(checkpoint_number=int(self.model.step))
 
-    def checkpoint_variables(self):
+    def network_weights(self):
         return [v for name in NETWORKS for v in self.model.network(name).weights]
 
 

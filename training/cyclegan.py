@@ -54,10 +54,21 @@ class CycleGAN(tf.Module):
         return getattr(self, name)
 
     def _optimizer(self):
-        optimizer = keras.optimizers.Adam(learning_rate=self.schedule, beta_1=self.hp.beta_1)
+        # The rate is read from the global step, not the optimizer's own counter: a float16 loss-scale
+        # optimizer skips overflowing steps without counting them, which would shift its curve.
+        optimizer = keras.optimizers.Adam(learning_rate=self.learning_rate, beta_1=self.hp.beta_1)
         if self.hp.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer
+
+    def dropout_states(self) -> list[tf.Variable]:
+        """The random states of the generators' dropout layers, which Keras leaves out of checkpoints."""
+        return [
+            layer.seed_generator.state.value
+            for name in ("generator_g", "generator_f")
+            for layer in self.network(name)._flatten_layers()
+            if isinstance(layer, keras.layers.Dropout)
+        ]
 
     def checkpoint(self) -> tf.train.Checkpoint:
         """The object graph written to disk; outside tools read the global step under `step`."""
@@ -67,6 +78,7 @@ class CycleGAN(tf.Module):
             **{f"optimizer_{name}": self.optimizers[name] for name in NETWORKS},
             pool_a=self.pool_a,
             pool_b=self.pool_b,
+            dropout_states=self.dropout_states(),
         )
 
     def learning_rate(self) -> tf.Tensor:
