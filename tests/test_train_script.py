@@ -24,20 +24,26 @@ def train(logdir, *args, **kwargs):
 def final_state(logdir) -> dict[str, np.ndarray]:
     """Every tensor of the newest checkpoint but the manager's count of saves."""
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints")))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+    return {name: np.asarray(reader.get_tensor(name)) for name in reader.get_variable_to_shape_map()
             if not name.startswith("save_counter")}
 
 
 def assert_same_state(logdir_a, logdir_b):
-    """Equal to float rounding: oneDNN's CPU kernels may add in another order (seen: 5e-7 in Adam moments).
+    """Counters and random states exactly, floats to run-to-run noise.
 
-    A resume that replays other data, dropout masks or pool draws differs by up to the learning rate
-    (2e-4) per step in most weights, far above this tolerance."""
+    oneDNN's CPU kernels may add in another order from run to run, and Adam amplifies that in its first
+    steps (seen between two runs of one command: 1e-5 in weights, 4e-3 in a first moment). A resume that
+    replays other data, dropout masks or pool draws leaves other images in the pools: differences of
+    order 1, where this noise moves them by less than 1e-3.
+    """
     a, b = final_state(logdir_a), final_state(logdir_b)
     assert sorted(a) == sorted(b)
-    different = [name for name in a if not (np.array_equal(a[name], b[name]) or (
-        np.issubdtype(a[name].dtype, np.floating) and np.allclose(a[name], b[name], rtol=1e-6, atol=1e-6)))]
-    assert different == []
+    floats = {name for name in a if np.issubdtype(a[name].dtype, np.floating)}
+    assert [name for name in a if name not in floats and not np.array_equal(a[name], b[name])] == []
+    pools = {name for name in floats if name.startswith("pool_")}
+    assert {name: float(np.abs(a[name] - b[name]).max()) for name in pools} == pytest.approx(
+        {name: 0.0 for name in pools}, abs=0.05)
+    assert [name for name in floats - pools if not np.allclose(a[name], b[name], rtol=1e-2, atol=1e-2)] == []
 
 
 @pytest.fixture(scope="module")

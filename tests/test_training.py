@@ -85,3 +85,14 @@ def test_one_step_changes_weights(xla):
     assert int(model.step) == 1
     assert int(model.pool_a.count) == 1 and int(model.pool_b.count) == 1
     assert all(int(model.optimizers[name].iterations) == 1 for name in NETWORKS)
+
+
+def test_optimizers_follow_the_global_step():
+    """The rate comes from the run's step, not each optimizer's own counter (which a float16
+    loss-scale optimizer does not advance on skipped steps)."""
+    model = CycleGAN(Hyperparameters(total_steps=100, decay_start=50, pool_size=0))
+    model.step.assign(75)
+    for name in NETWORKS:
+        optimizer = model.optimizers[name]
+        assert int(optimizer.iterations) == 0
+        assert float(optimizer.learning_rate) == pytest.approx(1e-4)
