@@ -27,12 +27,11 @@ def test_parameter_counts(networks):
     assert not generator.non_trainable_weights and not discriminator.non_trainable_weights
 
 
-def test_shapes_and_range(networks):
+def test_shapes(networks):
     generator, discriminator = networks
     x = tf.random.uniform((2, 256, 256, 1), -1, 1, seed=1)
     y = generator(x, training=False)
-    assert y.shape == (2, 256, 256, 1)
-    assert float(tf.reduce_max(tf.abs(y))) <= 1.0
+    assert y.shape == (2, 256, 256, 1) and y.dtype == tf.float32
     assert discriminator(x).shape == (2, 30, 30, 1)
 
 

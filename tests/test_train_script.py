@@ -33,8 +33,8 @@ def assert_same_state(logdir_a, logdir_b):
 
     oneDNN's CPU kernels may add in another order from run to run, and Adam amplifies that in its first
     steps (seen between two runs of one command: 1e-5 in weights, 4e-3 in a first moment). A resume that
-    replays other data, dropout masks or pool draws leaves other images in the pools: differences of
-    order 1, where this noise moves them by less than 1e-3.
+    replays other data, dropout masks or pool draws leaves other images in the pools (1.3 apart when
+    resume was broken on purpose); run-to-run noise stays inside 0.05.
     """
     a, b = final_state(logdir_a), final_state(logdir_b)
     assert sorted(a) == sorted(b)
@@ -43,7 +43,10 @@ def assert_same_state(logdir_a, logdir_b):
     pools = {name for name in floats if name.startswith("pool_")}
     assert {name: float(np.abs(a[name] - b[name]).max()) for name in pools} == pytest.approx(
         {name: 0.0 for name in pools}, abs=0.05)
-    assert [name for name in floats - pools if not np.allclose(a[name], b[name], rtol=1e-2, atol=1e-2)] == []
+    # Adam's moments carry the amplified noise itself; the weights they produced must still agree.
+    weights = {name for name in floats if "/_trainable_variables/" in name}
+    assert weights
+    assert [name for name in weights if not np.allclose(a[name], b[name], rtol=1e-2, atol=1e-2)] == []
 
 
 @pytest.fixture(scope="module")
