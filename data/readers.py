@@ -82,7 +82,7 @@ _DICOM_ERRORS = (
     KeyError,
     AttributeError,
     TypeError,
-    NotImplementedError,
+    NotImplementedError,  # pydicom's answer to compressed pixel data it has no decoder for
     RuntimeError,
 )
 
