@@ -23,8 +23,11 @@ from PIL import Image
 
 import data.flags
 from data import datasets, preprocess, readers, writers
-from models.inference import DIRECTIONS, SOURCE_INDEX, from_checkpoint, newest_checkpoint, translate_canvases
-from training import metrics, run_flags
+from evaluation import metrics
+from models.directions import DIRECTIONS
+from models.inference import from_checkpoint, translate_canvases
+from rundir import flagfile as run_flags
+from rundir.checkpoints import latest_checkpoint
 
 FLAGS = flags.FLAGS
 data.flags.define_dataset_flags()
@@ -71,15 +74,15 @@ def describe(spec: datasets.DataSpec) -> str:
 
 def translate_both_ways(generators: dict, pairs: list, direction: str, batch_size: int):
     """The canvases of every source translated, and translated back (the cycle reconstruction)."""
-    sources = datasets.stack([pair[SOURCE_INDEX[direction]] for pair in pairs])
+    sources = datasets.stack([pair[DIRECTIONS[direction].source_index] for pair in pairs])
     translated = translate_canvases(generators[direction], sources, batch_size)
     return translated, translate_canvases(generators[REVERSE[direction]], translated, batch_size)
 
 
 def comparisons(pairs: list, direction: str, translated: np.ndarray, reconstructed: np.ndarray) -> dict:
     """Name -> (source, target, prediction on the original grid) per slice: model, identity baseline, cycle."""
-    sources = [pair[SOURCE_INDEX[direction]] for pair in pairs]
-    targets = [pair[1 - SOURCE_INDEX[direction]] for pair in pairs]
+    sources = [pair[DIRECTIONS[direction].source_index] for pair in pairs]
+    targets = [pair[1 - DIRECTIONS[direction].source_index] for pair in pairs]
     return {
         direction: [(s, t, preprocess.from_canvas(p, s.geometry)) for s, t, p in zip(sources, targets, translated)],
         f"{BASELINE}/{direction}": [(s, t, s.original) for s, t in zip(sources, targets)],
@@ -119,7 +122,7 @@ def example_grid(pairs: list, translated: dict, count: int) -> np.ndarray:
     """Rows of source | translated | target canvases for `count` pairs spread over the test set, per direction."""
     picks = sorted(set(np.linspace(0, len(pairs) - 1, min(count, len(pairs))).round().astype(int)))
     rows = [
-        np.concatenate([pairs[i][SOURCE_INDEX[d]].image, fakes[i], pairs[i][1 - SOURCE_INDEX[d]].image], axis=1)
+        np.concatenate([pairs[i][DIRECTIONS[d].source_index].image, fakes[i], pairs[i][1 - DIRECTIONS[d].source_index].image], axis=1)
         for i in picks for d, fakes in translated.items()
     ]
     return np.concatenate(rows, axis=0)
@@ -205,10 +208,10 @@ def main(argv):
     except ValueError as e:
         sys.exit(f"error: --metrics: {e}")
     columns = metrics.metric_columns(names)
-    directions = DIRECTIONS if FLAGS.direction == "both" else (FLAGS.direction,)
+    directions = tuple(DIRECTIONS) if FLAGS.direction == "both" else (FLAGS.direction,)
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.logdir, EVAL_DIR)
     try:
-        checkpoint = newest_checkpoint(FLAGS.logdir)
+        checkpoint = latest_checkpoint(FLAGS.logdir)
     except FileNotFoundError as e:
         sys.exit(f"error: {e}")
     prepare_output_dir(output_dir)  # before the slow part: a bad folder fails now, not after inference

@@ -21,8 +21,9 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from data import datasets, preprocess, readers
-from models.inference import CONTRASTS, DIRECTIONS, SOURCE_INDEX, card_path, checkpoint_networks, translate_canvases
-from training import run_flags
+from models.directions import DIRECTIONS
+from models.inference import card_path, checkpoint_networks, translate_canvases
+from rundir import flagfile as run_flags
 
 FLAGS = flags.FLAGS
 
@@ -220,7 +221,7 @@ def check_slices(spec: datasets.DataSpec, direction: str, count: int) -> tuple[l
     Real slices, not noise: they put the network in the regime it will serve. Falling back keeps a run
     whose data is not on this machine exportable; the JSON card names what was used.
     """
-    index = SOURCE_INDEX[direction]
+    index = DIRECTIONS[direction].source_index
     candidates = (
         ("the run's paired test split", lambda: [pair[index] for pair in datasets.test_pairs(spec)]),
         ("the run's training slices", lambda: datasets.training_slices(spec)[index]),
@@ -296,12 +297,12 @@ def check_report(diffs: dict[str, float], origin: str, count: int) -> dict:
 def card(direction: str, generator: tf.keras.Model, step: int, checkpoint: str, training_flags: dict,
          artifacts: dict[str, str], checks: dict) -> dict:
     """What a consumer needs to use the exports correctly, and the evidence that they match the checkpoint."""
-    source, target = CONTRASTS[direction]
+    source, target = DIRECTIONS[direction].source, DIRECTIONS[direction].result
     return {
         "direction": direction,
         "source_contrast": source,
         "target_contrast": target,
-        "generator": "generator_g" if direction == "t1_to_t2" else "generator_f",
+        "generator": DIRECTIONS[direction].generator,
         "parameters": generator.count_params(),
         "checkpoint": {"path": checkpoint, "step": step},
         "artifacts": artifacts,
@@ -374,7 +375,7 @@ def main(argv):
         os.makedirs(FLAGS.output_dir, exist_ok=True)
     except OSError as error:
         sys.exit(f"error: --output_dir={FLAGS.output_dir}: cannot create the folder ({error.strerror or error})")
-    directions = DIRECTIONS if FLAGS.direction == "both" else (FLAGS.direction,)
+    directions = tuple(DIRECTIONS) if FLAGS.direction == "both" else (FLAGS.direction,)
     failed = [name for d in directions
               for name in export_direction(d, generators[d], step, checkpoint, training_flags, spec)]
     print(f"exported step {step} of {checkpoint} to {FLAGS.output_dir} in {time.perf_counter() - start:.0f} s")

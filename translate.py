@@ -19,10 +19,11 @@ from absl import app, flags, logging
 import data.flags  # noqa: F401  (defines --on_bad_file and --min_foreground)
 from data import datasets, preprocess, readers, writers
 from models import inference
+from models.directions import DIRECTIONS
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum("direction", None, list(inference.DIRECTIONS), "t1_to_t2 (generator G) or t2_to_t1 (generator F).")
+flags.DEFINE_enum("direction", None, list(DIRECTIONS), "t1_to_t2 (generator G) or t2_to_t1 (generator F).")
 flags.DEFINE_string("input", None, "A file, a folder (searched recursively) or a glob of NIfTI, DICOM or PNG/TIFF/JPEG.")
 flags.DEFINE_string("output", None, "A folder (created) mirroring the input names; or a .nii/.nii.gz/.png file when "
                                     "the input is one volume of that kind.")
@@ -99,7 +100,7 @@ def _mirrored_name(volume: readers.Volume, root: str) -> str:
 
 def write_translation(volume: readers.Volume, unit: np.ndarray, target: str, direction: str) -> None:
     """NIfTI and DICOM get values in the input's intensity scale; images their [0, 1] values as 16-bit PNG."""
-    source, result = inference.CONTRASTS[direction]
+    source, result = DIRECTIONS[direction].source, DIRECTIONS[direction].result
     in_input_scale = unit * np.float32(preprocess.intensity_scale(volume.data))
     if volume.kind == "nifti":
         writers.write_nifti(volume, in_input_scale, target, f"synthetic {result} from {source} by mri-cyclegan, "

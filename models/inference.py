@@ -12,10 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 from data import preprocess
-
-DIRECTIONS = ("t1_to_t2", "t2_to_t1")
-SOURCE_INDEX = {"t1_to_t2": 0, "t2_to_t1": 1}  # position of the source contrast in a (T1, T2) pair
-CONTRASTS = {"t1_to_t2": ("T1w", "T2w"), "t2_to_t1": ("T2w", "T1w")}  # (source, result), BIDS suffixes
+from models.directions import DIRECTIONS
+from models.networks import build_generator
+from rundir.checkpoints import latest_checkpoint
 
 Generator = Callable[[np.ndarray], np.ndarray]
 
@@ -25,31 +24,33 @@ def _as_function(network) -> Generator:
     return lambda batch: forward(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
 
-def newest_checkpoint(logdir: str) -> str:
-    """The path of a run's newest checkpoint; FileNotFoundError (one line, with the fix) when it has none."""
-    from training.checkpoints import latest_checkpoint
+def restore_generators(checkpoint_path: str) -> tuple[dict[str, tf.keras.Model], int]:
+    """The generators ({direction: model}) and the step of a checkpoint, built without the trainer.
 
+    Restores by object: only the generators and the step are built; optimizers and pools in the
+    file are ignored (expect_partial). Raises ValueError with a one-line reason for a truncated
+    or corrupt checkpoint.
+    """
+    networks = {name: build_generator(d.generator) for name, d in DIRECTIONS.items()}
+    step = tf.Variable(0, dtype=tf.int64, name="step")
+    objects = {DIRECTIONS[name].generator: network for name, network in networks.items()}
     try:
-        return latest_checkpoint(logdir)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"{error}; train first with: python train.py --logdir={logdir}") from error
+        tf.train.Checkpoint(step=step, **objects).restore(checkpoint_path).expect_partial() \
+            .assert_existing_objects_matched()
+    except (tf.errors.OpError, IndexError, AssertionError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{checkpoint_path}: unreadable checkpoint ({reason})") from error
+    return networks, int(step)
 
 
 def checkpoint_networks(logdir: str, checkpoint_path: str | None = None) -> tuple[dict[str, tf.keras.Model], str, int]:
     """The Keras generators ({direction: model}) of a run's newest (or the given) checkpoint, its path and step.
 
-    Raises FileNotFoundError when the run has no checkpoint (newest_checkpoint) and ValueError with a
-    one-line reason for a truncated or corrupt checkpoint.
+    Raises FileNotFoundError when the run has no checkpoint and ValueError as restore_generators.
     """
-    from training.checkpoints import restore_generators
-
-    path = checkpoint_path or newest_checkpoint(logdir)
-    try:
-        generator_g, generator_f, step = restore_generators(logdir, path)
-    except (tf.errors.OpError, IndexError, AssertionError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"{path}: unreadable checkpoint ({reason})") from error
-    return {"t1_to_t2": generator_g, "t2_to_t1": generator_f}, path, step
+    path = checkpoint_path or latest_checkpoint(logdir)
+    networks, step = restore_generators(path)
+    return networks, path, step
 
 
 def from_checkpoint(logdir: str, checkpoint_path: str | None = None) -> tuple[dict[str, Generator], int]:

@@ -15,8 +15,8 @@ from data import phantom, preprocess
 from models import inference
 from models.networks import GENERATOR_PARAMS
 from tests.helpers import checkpoint_step, script
-from training import run_flags
-from training.checkpoints import restore_generators
+from rundir import flagfile as run_flags
+from models.inference import checkpoint_networks
 
 DIRECTION = "t1_to_t2"  # one direction keeps the module fast; both share every line of export.py
 CHECKS = ("saved_model", "translate_raw", "tflite_float32", "tflite_float16")
@@ -37,7 +37,7 @@ def exported(trained_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint_generator(exported):
     """The checkpoint's generator of DIRECTION, in inference mode, as [N, 256, 256, 1] -> numpy."""
-    generator_g, _, _ = restore_generators(exported[0])
+    generator_g = checkpoint_networks(exported[0])[0]["t1_to_t2"]
     return lambda images: generator_g(tf.constant(images, tf.float32), training=False).numpy()
 
 

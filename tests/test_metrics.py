@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data.preprocess import normalize
-from training import metrics
+from evaluation import metrics
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 ndimage = pytest.importorskip("scipy.ndimage")

@@ -5,15 +5,11 @@ tf.train.CheckpointManager writes the data files first and then replaces the
 its last complete checkpoint.
 """
 
-import os
-
 import tensorflow as tf
 from absl import logging
 
-from models.networks import build_generator
+from rundir.checkpoints import checkpoint_dir
 from training.cyclegan import NETWORKS, CycleGAN
-
-CHECKPOINT_DIR = "checkpoints"
 
 
 class NonFiniteWeightsError(RuntimeError):
@@ -25,7 +21,7 @@ class Checkpointer:
         self.model = model
         self.checkpoint = model.checkpoint()
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(logdir, CHECKPOINT_DIR), max_to_keep=max_to_keep
+            self.checkpoint, checkpoint_dir(logdir), max_to_keep=max_to_keep
         )
 
     def restore_latest(self) -> bool:
@@ -45,24 +41,3 @@ class Checkpointer:
 
     def network_weights(self):
         return [v for name in NETWORKS for v in self.model.network(name).weights]
-
-
-def latest_checkpoint(logdir: str) -> str:
-    path = tf.train.latest_checkpoint(os.path.join(logdir, CHECKPOINT_DIR))
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(logdir, CHECKPOINT_DIR)}")
-    return path
-
-
-def restore_generators(logdir: str, checkpoint_path: str | None = None):
-    """The two generators and the step of a run's newest (or the given) checkpoint, for inference.
-
-    Restores by object: only the generators and the step are built; optimizers
-    and pools in the file are ignored (expect_partial).
-    """
-    generator_g, generator_f = build_generator("generator_g"), build_generator("generator_f")
-    step = tf.Variable(0, dtype=tf.int64, name="step")
-    path = checkpoint_path or latest_checkpoint(logdir)
-    status = tf.train.Checkpoint(step=step, generator_g=generator_g, generator_f=generator_f).restore(path)
-    status.expect_partial().assert_existing_objects_matched()
-    return generator_g, generator_f, int(step)
