@@ -73,7 +73,8 @@ def main(argv):
 
     from data import datasets, pipeline, preprocess, readers
     from models.networks import TOTAL_PARAMS
-    from training import run_flags, summaries
+    from rundir import flagfile as run_flags
+    from training import summaries
     from training.checkpoints import Checkpointer, NonFiniteWeightsError
     from training.cyclegan import NETWORKS, CycleGAN, Hyperparameters
 

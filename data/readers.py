@@ -13,9 +13,16 @@ Formats and choices:
   preamble, so extension-less exports work. `read_path` groups files by
   SeriesInstanceUID and sorts each series along its slice normal (row x column
   cosines of ImageOrientationPatient, dotted with ImagePositionPatient), falling back
-  to InstanceNumber when the geometry tags are missing. Slices keep their stored
-  row/column layout. MONOCHROME1 is inverted (volume max - value) so bright always
-  means more signal. The subject is the PatientID, else taken from the file/folder name.
+  to InstanceNumber when the geometry tags are missing. The series is then laid out
+  exactly like a NIfTI volume (below): axial, sagittal and coronal series alike become
+  axial slices, from ImageOrientationPatient (`meta["ornt"]`, `to_stored_dicom` undoes
+  it; `meta["datasets"]` holds the files' datasets in slice-normal order). Limits:
+  an oblique series is laid out as the plane it is closest to, not resampled (as
+  NIfTI); a series without geometry tags and multi-frame files (warned about) are
+  taken as stored, as standard axial images; a series mixing orientations and a
+  single slice that is not axial are refused. MONOCHROME1 is inverted (volume max -
+  value) so bright always means more signal. The subject is the PatientID, else taken
+  from the file/folder name.
 * NIfTI (.nii, .nii.gz): reoriented to the closest canonical RAS orientation
   (`meta["ornt"]`), then cut along the superior axis (slice 0 is the most inferior).
   In-plane, a slice is laid out as DICOM stores a standard axial image (radiological
@@ -32,19 +39,23 @@ the subject id the file name carries in IXI (IXI002-Guys-0828-T1 -> IXI002), BID
 (case7_t1, BraTS-GLI-00001-000-t1n -> case7, BraTS-GLI-00001-000); else the file stem.
 
 Bad input never produces a traceback from `read_path`: every failure is a
-`BadFileError` whose message is one line naming the file.
+`BadFileError` whose message is one line naming the file. Only the exceptions the
+libraries raise for corrupt files, and only around library calls, become BadFileError,
+so an exception from a bug in this module surfaces as itself.
 """
 
 import dataclasses
 import glob
 import os
 import re
+import struct
 import zlib
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pydicom.errors
+import pydicom.multival
 import pydicom.pixels
 from absl import logging
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
@@ -64,7 +75,10 @@ _SUBJECT_IN_NAME = (
     re.compile(r"^.+?(?=[-_](?:t1n|t2w|t1|t2)$)", re.IGNORECASE),
 )
 
-_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# What the libraries raise for corrupt or truncated files (found by truncating and corrupting
+# files of each format). Only library calls run under these, so a bug in our own code is
+# never reported as a bad file. Pillow raises TypeError for a TIFF without dimensions.
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError)
 _NIFTI_ERRORS = (
     nib.filebasedimages.ImageFileError,
     nib.spatialimages.HeaderDataError,
@@ -73,18 +87,29 @@ _NIFTI_ERRORS = (
     ValueError,
     zlib.error,
 )
-# pydicom raises a variety of these on corrupt elements or undecodable pixel data.
-_DICOM_ERRORS = (
+# Parsing: corrupt element headers and values (a UID that is not a string raises TypeError).
+_DICOM_PARSE_ERRORS = (
     pydicom.errors.InvalidDicomError,
+    pydicom.errors.BytesLengthException,
     OSError,
     EOFError,
     ValueError,
-    KeyError,
-    AttributeError,
     TypeError,
-    NotImplementedError,  # pydicom's answer to compressed pixel data it has no decoder for
-    RuntimeError,
+    NotImplementedError,  # an unknown value representation
+    struct.error,
 )
+# Decoding pixel data: AttributeError when file meta has no transfer syntax, NotImplementedError
+# for a transfer syntax pydicom has no decoder for, RuntimeError when every decoder plugin fails,
+# struct.error for a corrupt encapsulated (compressed) frame table.
+_DICOM_DECODE_ERRORS = (ValueError, AttributeError, NotImplementedError, RuntimeError, OSError, EOFError,
+                        struct.error)
+# Axes that cosines may differ by and still count as one orientation (DS values carry ~6 digits).
+_COSINE_TOLERANCE = 1e-4
+# DICOM patient coordinates are LPS; NIfTI world coordinates are RAS.
+_LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+# A series without geometry tags is taken as stored: a standard axial image (rows anterior to
+# posterior, columns right to left, slices inferior to superior).
+_STORED_AS_AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 class BadFileError(Exception):
@@ -189,9 +214,15 @@ def to_original_nifti(data: np.ndarray, meta: dict) -> np.ndarray:
 
     Save it with `nib.Nifti1Image(array, meta["image"].affine, meta["image"].header)`.
     """
-    canonical = np.asarray(data).transpose(2, 1, 0)[::-1, ::-1, :]
-    original = apply_orientation(canonical, ornt_transform(_RAS, meta["ornt"]))
-    return original.reshape(meta["image"].shape)
+    return _from_axial(data, meta["ornt"]).reshape(meta["image"].shape)
+
+
+def to_stored_dicom(data: np.ndarray, meta: dict) -> np.ndarray:
+    """Undo the DICOM reorientation: [S, H, W] slices -> [frames, rows, columns] as the files store them.
+
+    Frame k belongs to `meta["datasets"][k]` (the series sorted along its slice normal).
+    """
+    return _from_axial(data, meta["ornt"]).transpose(2, 1, 0)
 
 
 def _expand(spec: str) -> tuple[list[str], str]:
@@ -264,22 +295,23 @@ def _read_image(path: str) -> Volume:
     try:
         with Image.open(path) as image:
             mode = image.mode
-            frames = [_gray_pixels(frame) for frame in ImageSequence.Iterator(image)]
+            pages = [np.asarray(page if page.mode in _GRAY_MODES else page.convert("RGB"))
+                     for page in ImageSequence.Iterator(image)]
     except _IMAGE_ERRORS as error:
         raise BadFileError(f"{path}: unreadable image ({_one_line(error)})") from error
     if mode not in _GRAY_MODES:
         logging.warning("%s: colour image (mode %s) converted to gray (ITU-R 601 luma)", path, mode)
+    frames = [_gray_pixels(page) for page in pages]
     if len({frame.shape for frame in frames}) > 1:
         raise BadFileError(f"{path}: pages of different sizes in one image stack")
     return Volume(path, "image", np.stack(frames), subject_from_name(path), {"mode": mode})
 
 
-def _gray_pixels(frame: Image.Image) -> np.ndarray:
-    """A frame as float32 gray values exactly as stored; colour goes through luma."""
-    if frame.mode in _GRAY_MODES:
-        return np.asarray(frame, dtype=np.float32)
-    rgb = np.asarray(frame.convert("RGB"), dtype=np.float64)
-    return (rgb @ _LUMA_WEIGHTS).astype(np.float32)
+def _gray_pixels(page: np.ndarray) -> np.ndarray:
+    """A decoded page as float32 gray values exactly as stored; RGB [H, W, 3] goes through luma."""
+    if page.ndim == 2:
+        return page.astype(np.float32)
+    return (page.astype(np.float64) @ _LUMA_WEIGHTS).astype(np.float32)
 
 
 def _read_nifti(path: str) -> Volume:
@@ -294,16 +326,31 @@ def _read_nifti(path: str) -> Volume:
         raise BadFileError(f"{path}: 4D NIfTI with {data.shape[3]} volumes; extract the anatomical 3D volume first")
     if data.ndim not in (2, 3):
         raise BadFileError(f"{path}: NIfTI of shape {image.shape} is not a 2D or 3D image")
-    is_2d = data.ndim == 2 or data.shape[2] == 1
     data = data.reshape(data.shape[:2] + (-1,))
-    ornt = io_orientation(image.affine)
+    ornt = _orientation(path, image.affine, data.shape[2], "2D NIfTI")
+    return Volume(path, "nifti", _to_axial(data, ornt), subject_from_name(path), {"image": image, "ornt": ornt})
+
+
+def _orientation(path: str, affine: np.ndarray, depth: int, what: str) -> np.ndarray:
+    """The voxel axes' closest RAS axes (nibabel `io_orientation`); one slice must be axial."""
+    ornt = io_orientation(affine)
     if np.isnan(ornt).any():
-        raise BadFileError(f"{path}: degenerate affine, orientation unknown")
-    if is_2d and ornt[2, 0] != 2:
-        raise BadFileError(f"{path}: 2D NIfTI is not an axial slice (affine puts it in another plane)")
-    canonical = apply_orientation(data, ornt)
-    slices = np.ascontiguousarray(canonical[::-1, ::-1, :].transpose(2, 1, 0), dtype=np.float32)
-    return Volume(path, "nifti", slices, subject_from_name(path), {"image": image, "ornt": ornt})
+        raise BadFileError(f"{path}: orientation unknown (degenerate affine or ImageOrientationPatient)")
+    if depth == 1 and ornt[2, 0] != 2:
+        raise BadFileError(f"{path}: {what} is not an axial slice (its geometry puts it in another plane)")
+    return ornt
+
+
+def _to_axial(voxels: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Voxels [I, J, K] -> axial slices [S, H, W] laid out as the module docstring says."""
+    canonical = apply_orientation(voxels, ornt)
+    return np.ascontiguousarray(canonical[::-1, ::-1, :].transpose(2, 1, 0), dtype=np.float32)
+
+
+def _from_axial(slices: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """The inverse of `_to_axial`: axial slices back to voxels [I, J, K] in the source's order."""
+    canonical = np.asarray(slices).transpose(2, 1, 0)[::-1, ::-1, :]
+    return apply_orientation(canonical, ornt_transform(_RAS, ornt))
 
 
 @dataclasses.dataclass
@@ -311,21 +358,62 @@ class _DicomSlice:
     path: str
     dataset: pydicom.Dataset
     pixels: np.ndarray  # float32 [frames, rows, columns], rescale applied
+    orientation: np.ndarray | None  # ImageOrientationPatient: row and column cosines (LPS), 6 values
+    position: np.ndarray | None  # ImagePositionPatient (LPS mm), 3 values
+    instance: float | None  # InstanceNumber
+
+    @property
+    def has_geometry(self) -> bool:
+        return self.orientation is not None and len(self.orientation) == 6 and self.position is not None and \
+            len(self.position) == 3
 
 
 def _read_dicom(path: str) -> _DicomSlice:
     try:
+        has_preamble = _has_dicom_preamble(path)
+    except OSError as error:
+        raise BadFileError(f"{path}: cannot open ({error.strerror or error})") from error
+    try:
         # without the preamble we only get here because the extension claims DICOM
-        dataset = pydicom.dcmread(path, force=not _has_dicom_preamble(path))
-        if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-            raise BadFileError(f"{path}: DICOM without pixel data")
-        if dataset.get("SamplesPerPixel", 1) != 1:
-            raise BadFileError(f"{path}: colour DICOM (SamplesPerPixel={dataset.SamplesPerPixel}) is not supported")
+        dataset = pydicom.dcmread(path, force=not has_preamble)
+        for _ in dataset.iterall():  # values are parsed lazily: parse them here, where errors mean a bad file
+            pass
+    except _DICOM_PARSE_ERRORS as error:
+        raise _unreadable_dicom(path, error) from error
+    if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise BadFileError(f"{path}: DICOM without pixel data")
+    if dataset.get("SamplesPerPixel", 1) != 1:
+        raise BadFileError(f"{path}: colour DICOM (SamplesPerPixel={dataset.SamplesPerPixel}) is not supported")
+    try:
         pixels = pydicom.pixels.apply_rescale(dataset.pixel_array, dataset)
-        pixels = pixels.reshape(-1, dataset.Rows, dataset.Columns).astype(np.float32)
-    except _DICOM_ERRORS as error:
-        raise BadFileError(f"{path}: unreadable DICOM ({type(error).__name__}: {_one_line(error)})") from error
-    return _DicomSlice(path, dataset, pixels)
+    except _DICOM_DECODE_ERRORS as error:
+        raise _unreadable_dicom(path, error) from error
+    pixels = pixels.reshape(-1, dataset.Rows, dataset.Columns).astype(np.float32)
+    instance = _tag_numbers(path, dataset, "InstanceNumber")
+    return _DicomSlice(path, dataset, pixels, _tag_numbers(path, dataset, "ImageOrientationPatient"),
+                       _tag_numbers(path, dataset, "ImagePositionPatient"), None if instance is None else instance[0])
+
+
+def _tag_numbers(path: str, dataset: pydicom.Dataset, keyword: str) -> np.ndarray | None:
+    """A numeric tag's values as float64; None when absent or empty.
+
+    pydicom keeps values that are not numbers as text (with a warning), so they are checked here.
+    """
+    value = dataset.get(keyword)
+    if value is None or value == "":
+        return None
+    values = list(value) if isinstance(value, pydicom.multival.MultiValue) else [value]
+    try:
+        numbers = np.array([float(v) for v in values])
+    except ValueError as error:
+        raise BadFileError(f"{path}: {keyword} is not numeric ({_one_line(error)})") from error
+    if not np.isfinite(numbers).all():
+        raise BadFileError(f"{path}: {keyword} is not finite ({numbers.tolist()})")
+    return numbers
+
+
+def _unreadable_dicom(path: str, error: Exception) -> BadFileError:
+    return BadFileError(f"{path}: unreadable DICOM ({type(error).__name__}: {_one_line(error)})")
 
 
 def _group_series(slices: list[_DicomSlice]) -> list[list[_DicomSlice]]:
@@ -345,15 +433,33 @@ def _series_path(series: list[_DicomSlice]) -> str:
 
 def _slice_order_key(series: list[_DicomSlice]):
     """Position along the slice normal when every slice has geometry, else InstanceNumber, else path."""
-    datasets = [s.dataset for s in series]
-    if all(len(d.get("ImageOrientationPatient") or ()) == 6 and len(d.get("ImagePositionPatient") or ()) == 3
-           for d in datasets):
-        cosines = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
-        normal = np.cross(cosines[:3], cosines[3:])
-        return lambda s: float(np.dot(np.asarray(s.dataset.ImagePositionPatient, dtype=float), normal))
-    if all(d.get("InstanceNumber") is not None for d in datasets):
-        return lambda s: int(s.dataset.InstanceNumber)
+    if all(s.has_geometry for s in series):
+        normal = np.cross(series[0].orientation[:3], series[0].orientation[3:])
+        return lambda s: float(np.dot(s.position, normal))
+    if all(s.instance is not None for s in series):
+        return lambda s: s.instance
     return lambda s: s.path
+
+
+def _voxel_axes(series: list[_DicomSlice], path: str) -> np.ndarray:
+    """The RAS directions of the voxel axes (column, row, slice) of a sorted series, as an affine.
+
+    Slices are sorted along the normal row x column, so that is the slice axis. Without
+    geometry tags, and for multi-frame files (whose per-frame geometry is not read), the
+    slices are taken as stored: a standard axial image.
+    """
+    cosines = np.asarray(_STORED_AS_AXIAL)
+    if any(len(s.pixels) > 1 for s in series):
+        logging.warning("%s: multi-frame DICOM: frames kept in stored order and layout, not reoriented", path)
+    elif all(s.has_geometry for s in series):
+        all_cosines = np.array([s.orientation for s in series])
+        if np.abs(all_cosines - all_cosines[0]).max() > _COSINE_TOLERANCE:
+            raise BadFileError(f"{path}: series mixes slice orientations (ImageOrientationPatient differs)")
+        cosines = all_cosines[0]
+    row, column = cosines[:3], cosines[3:]
+    axes = np.eye(4)
+    axes[:3, :3] = np.column_stack([row, column, np.cross(row, column)]) * _LPS_TO_RAS[:, None]
+    return axes
 
 
 def _dicom_volume(series: list[_DicomSlice], path: str) -> Volume:
@@ -362,9 +468,11 @@ def _dicom_volume(series: list[_DicomSlice], path: str) -> Volume:
     if len(shapes) > 1:
         uid = series[0].dataset.get("SeriesInstanceUID", "?")
         raise BadFileError(f"{path}: series {uid} mixes slice shapes {shapes}")
-    data = np.concatenate([s.pixels for s in series])
+    data = np.concatenate([s.pixels for s in series])  # [slices, rows, columns]
     first = series[0].dataset
     if first.get("PhotometricInterpretation") == "MONOCHROME1":
         data = data.max() - data
+    ornt = _orientation(path, _voxel_axes(series, path), len(data), "a single DICOM slice")
     subject = str(first.get("PatientID", "") or "").strip() or subject_from_name(path)
-    return Volume(path, "dicom", data, subject, {"datasets": [s.dataset for s in series]})
+    meta = {"datasets": [s.dataset for s in series], "ornt": ornt}
+    return Volume(path, "dicom", _to_axial(data.transpose(2, 1, 0), ornt), subject, meta)

@@ -74,15 +74,18 @@ def write_dicom_series(volume: readers.Volume, slices: np.ndarray, folder: str, 
     * window, LUT, padding and min/max-pixel tags removed (they described the source pixels);
     * uncompressed Explicit VR Little Endian.
 
-    Files keep their names relative to `dicom_series_folder(volume)`. Multi-frame files are
-    refused: their per-frame functional groups would need rewriting.
+    `slices` are in the reader's axial layout; each file gets its own image back, with the rows
+    and columns it stores (`readers.to_stored_dicom`), so a sagittal or coronal source gives a
+    sagittal or coronal series. Files keep their names relative to `dicom_series_folder(volume)`.
+    Multi-frame files are refused: their per-frame functional groups would need rewriting.
     """
     datasets = volume.meta["datasets"]
-    if len(datasets) != len(slices):
+    images = readers.to_stored_dicom(np.asarray(slices, np.float64), volume.meta)
+    if len(datasets) != len(images):
         raise ValueError(f"{volume.path}: multi-frame DICOM output is not supported; convert the series to NIfTI")
-    peak = float(np.max(slices))
+    peak = float(np.max(images))
     slope = DSfloat(peak / UINT16_MAX if peak > 0 else 1.0, auto_format=True)  # DS: at most 16 characters
-    stored = np.clip(np.round(np.asarray(slices, np.float64) / float(slope)), 0, UINT16_MAX).astype(np.uint16)
+    stored = np.clip(np.round(images / float(slope)), 0, UINT16_MAX).astype(np.uint16)
     series_uid = generate_uid()
     source_folder = dicom_series_folder(volume)
     paths = []

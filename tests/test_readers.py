@@ -1,12 +1,15 @@
 """data/readers.py: every format read exactly, every bad file turned into a one-line BadFileError."""
 
 import random
+import struct
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pydicom.data
+import pydicom.encaps
+import pydicom.uid
 import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
@@ -65,39 +68,127 @@ def test_rgb_becomes_luma_with_one_warning(tmp_path, absl_warnings):
 
 
 def test_multipage_tiff_is_a_stack(tmp_path):
-    pages = [Image.fromarray(np.full((3, 4), v, np.uint16)) for v in (100, 50000)]
+    pages = [Image.fromarray((np.arange(12).reshape(3, 4) + v).astype(np.uint16)) for v in (100, 50000)]
     path = tmp_path / "stack.tif"
     pages[0].save(path, save_all=True, append_images=pages[1:])
     (volume,) = read_path(str(path))
-    assert volume.data.shape == (2, 3, 4)
-    assert volume.data[1, 0, 0] == 50000.0
+    np.testing.assert_array_equal(volume.data, np.stack([np.asarray(page, np.float32) for page in pages]))
 
 
 def test_constant_image_is_read_and_reported(tmp_path, absl_warnings):
     (volume,) = read_path(str(write_png(tmp_path / "flat.png", np.full((4, 4), 7, np.uint8))))
-    assert volume.data.shape == (1, 4, 4)
+    np.testing.assert_array_equal(volume.data, np.full((1, 4, 4), 7))
     assert any("flat.png" in m and "constant" in m for m in absl_warnings())
 
 
 # ---------------------------------------------------------------- DICOM
 
-def test_dicom_series_sorted_along_normal_with_rescale(tmp_path):
-    """Shuffled InstanceNumbers and file names; sagittal orientation so z alone would be wrong."""
-    rng = np.random.default_rng(0)
-    stored = rng.integers(0, 4000, size=(5, 3, 4))
-    row, col = np.array([0.0, 1, 0]), np.array([0.0, 0, -1])
-    normal = np.cross(row, col)
-    instances = random.Random(1).sample(range(1, 6), 5)
-    uid = generate_uid()
-    order = random.Random(2).sample(range(5), 5)
-    for k in order:  # files written (and named) in shuffled order, without extension
-        write_dicom(tmp_path / f"IM{order.index(k):04d}", stored[k], uid, instances[k],
-                    position=10 + 2.5 * k * normal, orientation=(*row, *col), slope=2, intercept=-100)
+LPS_TO_RAS = np.array([-1, -1, 1])  # DICOM patient coordinates are LPS, NIfTI world coordinates RAS
+AXIAL, SAGITTAL, CORONAL = ((1, 0, 0), (0, 1, 0)), ((0, 1, 0), (0, 0, -1)), ((1, 0, 0), (0, 0, -1))
+
+
+def documented_axial_slices(ras_volume):
+    """The module docstring's layout: slice[r, c] = canonical[X-1-c, Y-1-r, s] (row 0 anterior, column 0 right)."""
+    return np.stack([np.rot90(ras_volume[:, :, s], 1)[:, ::-1] for s in range(ras_volume.shape[2])])
+
+
+def cut_into_dicom(folder, ras_volume, row, column, seed=0, **tags) -> list:
+    """Write a volume whose voxel (x, y, z) sits at RAS (x, y, z) mm as a DICOM series with these LPS cosines.
+
+    Pixel (r, c) of a slice at ImagePositionPatient P lies at P + c * row + r * column (DICOM PS3.3
+    C.7.6.2.1.1), so its value is looked up there. File names and InstanceNumbers are shuffled,
+    unrelated to the position. Returns the stored [slice, row, column] arrays in position order.
+    """
+    steps = [LPS_TO_RAS * np.asarray(v) for v in (np.cross(row, column), column, row)]  # voxel steps per axis
+    shape = np.array(ras_volume.shape)
+    origin = np.where(sum(steps) < 0, shape - 1, 0)
+    extents = [shape[np.flatnonzero(step)[0]] for step in steps]
+    k, r, c = np.indices(extents)
+    index = origin + k[..., None] * steps[0] + r[..., None] * steps[1] + c[..., None] * steps[2]
+    stored = ras_volume[index[..., 0], index[..., 1], index[..., 2]]
+    uid, shuffled = generate_uid(), np.random.default_rng(seed).permutation(len(stored))
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, position in enumerate(origin + np.arange(len(stored))[:, None] * steps[0]):
+        write_dicom(folder / f"IM{shuffled[k]:04d}", stored[k], uid, int(shuffled[::-1][k]) + 1,
+                    position=LPS_TO_RAS * position, orientation=(*row, *column), **tags)
+    return stored
+
+
+@pytest.mark.parametrize("row, column", [
+    AXIAL, SAGITTAL, CORONAL,
+    ((0, 1, 0), (1, 0, 0)),  # axial, transposed, slice normal pointing down
+    ((0, -1, 0), (0, 0, -1)),  # sagittal seen from the left
+], ids=["axial", "sagittal", "coronal", "axial-transposed", "sagittal-left"])
+def test_dicom_series_in_any_plane_reads_like_the_nifti(tmp_path, write_nifti, row, column):
+    """Exact for integer data: the same anatomy gives the same canonical slices from DICOM and NIfTI."""
+    anatomy = np.random.default_rng(0).integers(0, 4000, size=(5, 6, 7))  # X, Y, Z all different
+    cut_into_dicom(tmp_path / "dicom", anatomy, row, column, slope=2, intercept=-100)
+    nifti = write_nifti(tmp_path / "same.nii.gz", (anatomy * 2 - 100).astype(np.float32), np.eye(4))
+    (from_dicom,), (from_nifti,) = read_path(str(tmp_path / "dicom")), read_path(str(nifti))
+    np.testing.assert_array_equal(from_nifti.data, documented_axial_slices(anatomy * 2.0 - 100))
+    np.testing.assert_array_equal(from_dicom.data, from_nifti.data)
+    normal = np.cross(row, column)
+    positions = [np.dot(d.ImagePositionPatient, normal) for d in from_dicom.meta["datasets"]]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+
+
+def test_dicom_sorted_by_position_not_instance_number_or_file_name(tmp_path):
+    anatomy = np.random.default_rng(1).integers(0, 4000, size=(3, 4, 6))
+    cut_into_dicom(tmp_path, anatomy, *AXIAL, seed=3)
+    datasets = [pydicom.dcmread(path) for path in sorted(tmp_path.iterdir())]
+    by_name = [d.ImagePositionPatient[2] for d in datasets]
+    by_instance = [d.ImagePositionPatient[2] for d in sorted(datasets, key=lambda d: d.InstanceNumber)]
+    assert by_name != sorted(by_name) and by_instance != sorted(by_instance)  # neither order would do
     (volume,) = read_path(str(tmp_path))
-    assert volume.kind == "dicom" and volume.path == str(tmp_path) and volume.subject == "P001"
-    np.testing.assert_array_equal(volume.data, stored.astype(np.float32) * 2 - 100)
-    positions = [np.dot(d.ImagePositionPatient, normal) for d in volume.meta["datasets"]]
-    assert positions == sorted(positions)
+    np.testing.assert_array_equal(volume.data, documented_axial_slices(anatomy))
+
+
+def test_oblique_dicom_takes_the_closest_orientation_like_nifti(tmp_path, write_nifti):
+    """The documented limit: a 20-degree tilted series is laid out as the plane it is closest to, not resampled."""
+    anatomy = np.random.default_rng(2).integers(0, 4000, size=(4, 5, 3))
+    tilt = np.deg2rad(20)
+    rotation = np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]])
+    stored = cut_into_dicom(tmp_path / "axial", anatomy, *AXIAL)
+    uid = generate_uid()
+    (tmp_path / "oblique").mkdir()
+    for k, image in enumerate(stored):
+        write_dicom(tmp_path / "oblique" / f"{k}", image, uid, k + 1, position=rotation @ (0, 0, k),
+                    orientation=(*(rotation @ AXIAL[0]), *(rotation @ AXIAL[1])))
+    affine = np.eye(4)
+    affine[:3, :3] = rotation
+    nifti = write_nifti(tmp_path / "oblique.nii", anatomy.astype(np.float32), affine)
+    axial, oblique, from_nifti = (read_path(str(p))[0].data for p in (tmp_path / "axial", tmp_path / "oblique", nifti))
+    np.testing.assert_array_equal(oblique, axial)
+    np.testing.assert_array_equal(from_nifti, axial)
+
+
+def test_single_dicom_slice_must_be_axial(tmp_path):
+    sagittal = write_dicom(tmp_path / "sagittal.dcm", RAMP, generate_uid(), 1, position=(0, 0, 0),
+                           orientation=(*SAGITTAL[0], *SAGITTAL[1]))
+    with pytest.raises(BadFileError, match=r"sagittal\.dcm: a single DICOM slice is not an axial slice"):
+        read_file(str(sagittal))
+    axial = write_dicom(tmp_path / "axial.dcm", RAMP, generate_uid(), 1, position=(0, 0, 0))
+    np.testing.assert_array_equal(read_file(str(axial))[0].data, RAMP[None])
+
+
+def test_series_mixing_orientations_is_bad(tmp_path):
+    uid = generate_uid()
+    write_dicom(tmp_path / "a", RAMP, uid, 1, position=(0, 0, 0), orientation=(*AXIAL[0], *AXIAL[1]))
+    write_dicom(tmp_path / "b", RAMP, uid, 2, position=(0, 0, 1), orientation=(*CORONAL[0], *CORONAL[1]))
+    with pytest.raises(BadFileError, match=f"{tmp_path}: series mixes slice orientations"):
+        read_path(str(tmp_path), on_bad_file="error")
+
+
+def test_multiframe_dicom_kept_as_stored_with_a_warning(tmp_path, absl_warnings):
+    frames = np.arange(2 * 2 * 3, dtype=np.uint16).reshape(2, 2, 3)
+    path = write_dicom(tmp_path / "multi.dcm", frames[0], generate_uid(), 1, position=(0, 0, 0),
+                       orientation=(*SAGITTAL[0], *SAGITTAL[1]))
+    dataset = pydicom.dcmread(path)
+    dataset.set_pixel_data(frames, "MONOCHROME2", 16)
+    dataset.save_as(path, enforce_file_format=True)
+    (volume,) = read_file(str(path))
+    np.testing.assert_array_equal(volume.data, frames)
+    assert any("multi.dcm: multi-frame DICOM" in m and "not reoriented" in m for m in absl_warnings())
 
 
 def test_dicom_instance_number_fallback(tmp_path):
@@ -110,12 +201,18 @@ def test_dicom_instance_number_fallback(tmp_path):
 
 
 def test_two_series_in_one_folder(tmp_path):
-    for name, uid in (("a", generate_uid()), ("b", generate_uid())):
-        for k in range(3):
-            write_dicom(tmp_path / f"{name}{k}", np.full((2, 2), k), uid, k + 1, position=(0, 0, k))
+    """Files of two series interleaved in one folder, written in reverse position order: each series apart, sorted."""
+    series = {uid: np.random.default_rng(k).integers(0, 4000, (3, 2, 2)) for k, uid in enumerate(
+        (generate_uid(), generate_uid()))}
+    for k in (2, 1, 0):
+        for name, (uid, stored) in zip("ab", series.items()):
+            write_dicom(tmp_path / f"{k}{name}", stored[k], uid, 3 - k, position=(0, 0, k))
     volumes = read_path(str(tmp_path))
     assert len(volumes) == 2
-    assert all(v.data.shape == (3, 2, 2) for v in volumes)
+    by_uid = {v.meta["datasets"][0].SeriesInstanceUID: v for v in volumes}
+    for uid, stored in series.items():
+        np.testing.assert_array_equal(by_uid[uid].data, stored)
+        assert {d.SeriesInstanceUID for d in by_uid[uid].meta["datasets"]} == {uid}
 
 
 def test_series_with_mixed_shapes_is_bad(tmp_path):
@@ -194,51 +291,186 @@ def test_nifti_2d(tmp_path, write_nifti, shape):
 def test_nifti_4d_refused_single_volume_accepted(tmp_path, write_nifti):
     with pytest.raises(BadFileError, match=r"series\.nii\.gz: 4D NIfTI with 2 volumes"):
         read_file(str(write_nifti(tmp_path / "series.nii.gz", np.ones((3, 3, 2, 2), np.float32))))
-    (volume,) = read_file(str(write_nifti(tmp_path / "one.nii.gz", np.ones((3, 3, 2, 1), np.float32))))
-    assert volume.data.shape == (2, 3, 3)
+    single = np.arange(18, dtype=np.float32).reshape(3, 3, 2, 1)
+    (volume,) = read_file(str(write_nifti(tmp_path / "one.nii.gz", single)))
+    np.testing.assert_array_equal(volume.data, documented_axial_slices(single[..., 0]))
 
 
 def test_nan_replaced_with_warning(tmp_path, write_nifti, absl_warnings):
     data = np.ones((2, 2, 2), np.float32)
     data[0, 0, 0], data[1, 1, 1] = np.nan, np.inf
     (volume,) = read_path(str(write_nifti(tmp_path / "holes.nii.gz", data)))
-    assert np.isfinite(volume.data).all() and volume.data.sum() == 6
+    expected = np.ones((2, 2, 2), np.float32)
+    expected[0, 0, 0] = expected[1, 1, 1] = 0
+    np.testing.assert_array_equal(volume.data, documented_axial_slices(expected))
     assert any("holes.nii.gz" in m and "NaN" in m for m in absl_warnings())
 
 
 # ---------------------------------------------------------------- bad input and paths
 
+def raw(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
+def truncated(path: Path) -> Path:
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    return path
+
+
+def with_garbage_after(path: Path, keep: int) -> Path:
+    path.write_bytes(path.read_bytes()[:keep] + bytes(np.random.default_rng(0).integers(0, 256, 300, np.uint8)))
+    return path
+
+
+def with_text_geometry(path: Path) -> Path:
+    """The row cosine's x of ImageOrientationPatient ('1.0\\0.0\\0.0\\0.0\\1.0\\0.0') made a letter."""
+    whole = path.read_bytes()
+    assert whole.count(b"\\1.0\\") == 1
+    return raw(path, whole.replace(b"\\1.0\\", b"\\I.0\\"))
+
+
+def edited_dicom(path: Path, edit) -> Path:
+    """A valid DICOM file changed by `edit(dataset)` and saved again."""
+    dataset = pydicom.dcmread(path)
+    edit(dataset)
+    dataset.save_as(path)
+    return path
+
+
+def patched(path: Path, old: bytes, new: bytes, occurrence: int = 0) -> Path:
+    """Bytes `old` (located in the file) replaced by `new` of the same length, at its `occurrence`-th place."""
+    whole = path.read_bytes()
+    at = [i for i in range(len(whole)) if whole.startswith(old, i)][occurrence]
+    return raw(path, whole[:at] + new + whole[at + len(new):])
+
+
+def jpeg_series_with_undecodable_frame(dataset) -> None:
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
+    dataset.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8 not a JPEG frame"])
+    dataset["PixelData"].VR = "OB"
+
+
+def second_tiff_page_without_width(path: Path) -> Path:
+    pages = [Image.fromarray(np.full((4, 4), v, np.uint16)) for v in (1, 2)]
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    width_tag = struct.pack("<HHII", 256, 4, 1, 4)  # ImageWidth, LONG, 1 value: 4
+    return patched(path, width_tag, struct.pack("<H", 0x0FFF) + width_tag[2:], occurrence=1)
+
+
+DEEP = np.arange(4096, dtype=np.uint16).reshape(64, 64) * 16  # large enough that halving a file cuts pixel data
+# Each kind of bad file: how to write it into a folder (the file's format is in its name).
+BAD_FILES = {
+    "empty.nii.gz": lambda f, _: raw(f / "empty.nii.gz", b""),
+    "cut.nii.gz": lambda f, write_nifti: truncated(write_nifti(f / "cut.nii.gz", np.ones((20, 20, 20), np.float32))),
+    "cut.nii": lambda f, write_nifti: truncated(write_nifti(f / "cut.nii", np.ones((20, 20, 20), np.float32))),
+    "garbage.png": lambda f, _: raw(f / "garbage.png", b"not a png at all"),
+    "half.png": lambda f, _: truncated(write_png(f / "half.png", DEEP)),
+    "half.tif": lambda f, _: truncated(write_png(f / "half.tif", DEEP)),
+    "scrambled.tif": lambda f, _: with_garbage_after(write_png(f / "scrambled.tif", DEEP), keep=8),  # header kept
+    "page_without_width.tif": lambda f, _: second_tiff_page_without_width(f / "page_without_width.tif"),  # TypeError
+    "half.jpg": lambda f, _: truncated(write_png(f / "half.jpg", (DEEP // 256).astype(np.uint8))),
+    "garbage.jpeg": lambda f, _: raw(f / "garbage.jpeg", b"\xff\xd8\xff" + bytes(50)),  # JPEG magic, no image
+    "empty.dcm": lambda f, _: raw(f / "empty.dcm", b""),
+    "half.dcm": lambda f, _: truncated(write_dicom(f / "half.dcm", DEEP, generate_uid(), 1)),
+    "text_geometry.dcm": lambda f, _: with_text_geometry(write_dicom(f / "text_geometry.dcm", RAMP, generate_uid(), 1,
+                                                                     position=(0, 0, 0))),
+    # pydicom: AttributeError, NotImplementedError (decode and parse), BytesLengthException, RuntimeError
+    "no_bits_allocated.dcm": lambda f, _: edited_dicom(write_dicom(f / "no_bits_allocated.dcm", RAMP, generate_uid(), 1),
+                                                       lambda dataset: delattr(dataset, "BitsAllocated")),
+    "unknown_syntax.dcm": lambda f, _: edited_dicom(write_dicom(f / "unknown_syntax.dcm", RAMP, generate_uid(), 1),
+                                                    lambda dataset: setattr(dataset.file_meta, "TransferSyntaxUID",
+                                                                            "1.2.3.4.5")),
+    "unknown_vr.dcm": lambda f, _: patched(write_dicom(f / "unknown_vr.dcm", RAMP, generate_uid(), 1),
+                                           b"\x08\x00\x60\x00CS", b"\x08\x00\x60\x00Uq"),  # Modality
+    "odd_rows.dcm": lambda f, _: patched(write_dicom(f / "odd_rows.dcm", RAMP, generate_uid(), 1),
+                                         b"\x28\x00\x10\x00US\x02\x00\x02\x00\x28\x00",  # Rows: 2, 2 bytes
+                                         b"\x28\x00\x10\x00US\x03\x00\x02\x00\x00\x28"),  # 3 bytes
+    "undecodable_jpeg.dcm": lambda f, _: edited_dicom(write_dicom(f / "undecodable_jpeg.dcm", RAMP, generate_uid(), 1),
+                                                      jpeg_series_with_undecodable_frame),
+    "preamble_then_garbage": lambda f, _: with_garbage_after(write_dicom(f / "preamble_then_garbage", RAMP,
+                                                                         generate_uid(), 1), keep=132),
+}
+
+
 def bad_files(folder: Path, write_nifti) -> list[Path]:
-    """Zero-byte, truncated (.nii.gz and .nii), corrupt and truncated PNG, zero-byte .dcm files."""
+    """One file of each kind in BAD_FILES."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "empty.nii.gz").write_bytes(b"")
-    for name in ("cut.nii.gz", "cut.nii"):
-        whole = write_nifti(folder / name, np.ones((20, 20, 20), np.float32)).read_bytes()
-        (folder / name).write_bytes(whole[: len(whole) // 2])
-    (folder / "garbage.png").write_bytes(b"not a png at all")
-    png = write_png(folder / "half.png", np.arange(4096, dtype=np.uint16).reshape(64, 64)).read_bytes()
-    (folder / "half.png").write_bytes(png[: len(png) // 2])
-    (folder / "empty.dcm").write_bytes(b"")
-    return sorted(folder.iterdir())
+    return sorted(write(folder, write_nifti) for write in BAD_FILES.values())
 
 
-def test_each_bad_file_is_a_one_line_error_naming_it(tmp_path, write_nifti):
-    for path in bad_files(tmp_path, write_nifti):
-        with pytest.raises(BadFileError) as caught:
-            read_file(str(path))
-        message = str(caught.value)
-        assert str(path) in message and "\n" not in message
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_each_bad_file_is_a_one_line_error_naming_it(tmp_path, write_nifti, name):
+    path = BAD_FILES[name](tmp_path, write_nifti)
+    if name == "preamble_then_garbage":
+        assert path.read_bytes()[128:132] == b"DICM"  # no extension: recognised as DICOM by its preamble
+    with pytest.raises(BadFileError) as caught:
+        read_file(str(path))
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
 
 
-def test_skip_warns_and_error_raises(tmp_path, write_nifti, absl_warnings):
-    bad = bad_files(tmp_path, write_nifti)
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_skip_warns_and_error_raises_for_each_bad_file(tmp_path, write_nifti, absl_warnings, name):
+    path = BAD_FILES[name](tmp_path, write_nifti)
     write_png(tmp_path / "good.png", RAMP)
     (volume,) = read_path(str(tmp_path), on_bad_file="skip")
     assert volume.subject == "good"
-    warnings = absl_warnings()
-    assert all(any(str(path) in m for m in warnings) for path in bad)
-    with pytest.raises(BadFileError, match=str(bad[0])):
+    assert [m for m in absl_warnings() if m.startswith(f"skipping bad file: {path}: ")] != []
+    with pytest.raises(BadFileError) as caught:
         read_path(str(tmp_path), on_bad_file="error")
+    assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_skip_reports_every_bad_file_of_a_folder(tmp_path, write_nifti, absl_warnings):
+    bad = bad_files(tmp_path, write_nifti)
+    write_png(tmp_path / "good.png", RAMP)
+    assert [v.subject for v in read_path(str(tmp_path), on_bad_file="skip")] == ["good"]
+    reported = [m for m in absl_warnings() if m.startswith("skipping bad file: ")]
+    assert len(reported) == len(bad) and all(any(f": {p}: " in m for m in reported) for p in bad)
+
+
+@pytest.mark.parametrize("name, internal", [
+    ("x.png", "_gray_pixels"), ("x.tif", "_gray_pixels"), ("x.dcm", "_tag_numbers"), ("x.nii.gz", "_to_axial"),
+])
+def test_a_bug_in_our_reader_surfaces_instead_of_a_bad_file(tmp_path, write_nifti, monkeypatch, absl_warnings,
+                                                           name, internal):
+    """Only what the libraries raise for bad files becomes BadFileError; our own TypeError is a bug to see."""
+    path = tmp_path / name
+    if name.endswith(".dcm"):
+        write_dicom(path, RAMP, generate_uid(), 1)
+    elif name.endswith(".nii.gz"):
+        write_nifti(path, np.ones((2, 2, 2), np.float32))
+    else:
+        write_png(path, RAMP)
+
+    def bug(*args, **kwargs):
+        raise TypeError("a bug in our reader")
+
+    monkeypatch.setattr(f"data.readers.{internal}", bug)
+    for on_bad_file in ("skip", "error"):
+        with pytest.raises(TypeError, match="a bug in our reader"):
+            read_path(str(tmp_path), on_bad_file=on_bad_file)
+    assert absl_warnings() == []
+
+
+def test_jpeg_values_are_pillows_decode(tmp_path, absl_warnings):
+    gray = (np.add.outer(np.arange(16), np.arange(12)) * 9).astype(np.uint8)
+    colour = np.stack([gray, 255 - gray, gray // 2], axis=-1)
+    write_png(tmp_path / "gray.jpg", gray)
+    write_png(tmp_path / "colour.jpeg", colour)
+    read = {v.subject: v for v in read_path(str(tmp_path), on_bad_file="error")}
+    with Image.open(tmp_path / "gray.jpg") as image:
+        assert image.mode == "L"
+        np.testing.assert_array_equal(read["gray"].data, np.asarray(image, np.float32)[None])
+    with Image.open(tmp_path / "colour.jpeg") as image:
+        decoded = np.asarray(image.convert("RGB"), np.float64)  # lossy: compare with Pillow's pixels, not ours
+    luma = decoded @ [0.299, 0.587, 0.114]
+    np.testing.assert_allclose(read["colour"].data[0], luma, rtol=2**-24)  # float32 rounding of the float64 luma
+    assert read["colour"].data.shape == (1, 16, 12)
+    assert [m for m in absl_warnings() if "colour.jpeg" in m and "gray" in m] != []
 
 
 def test_nothing_usable_raises(tmp_path, write_nifti):
@@ -298,6 +530,9 @@ def test_real_png_slices(shared_data):
     t2 = read_path(str(shared_data / "mri-t1t2-slices/Tr2/TrainT2"), on_bad_file="error")
     assert (len(t1), len(t2)) == (43, 46)
     assert all(v.data.shape == (1, 217, 181) for v in t1 + t2)
+    for volume in (t1[0], t2[-1]):
+        with Image.open(volume.path) as image:
+            np.testing.assert_array_equal(volume.data[0], np.asarray(image, np.float32))
     assert "Image #100" in {v.subject for v in t1}
     # the parent folders hold .DS_Store files: ignored too
     assert len(read_path(str(shared_data / "mri-t1t2-slices/Tr1"), on_bad_file="error")) == 43
@@ -307,6 +542,10 @@ def test_real_ixi_2d_pair(shared_data):
     t1, t2 = read_path(str(shared_data / "ixi002-slice90"), on_bad_file="error")
     assert t1.data.shape == t2.data.shape == (1, 256, 150)
     assert t2.data.min() < 0  # resampling negatives survive reading; preprocessing clips them
+    for volume in (t1, t2):
+        image = nib.load(volume.path)
+        assert nib.aff2axcodes(image.affine) == ("L", "P", "S")  # stored as DICOM lays out an axial slice
+        np.testing.assert_array_equal(volume.data[0], image.get_fdata(dtype=np.float32).T)
 
 
 def test_real_brats_volume(shared_data):

@@ -91,6 +91,31 @@ def test_dicom_series_round_trip(tmp_path):
     np.testing.assert_allclose(back.data, given, atol=slope / 2 + 1e-6)
 
 
+def test_sagittal_dicom_round_trip_gives_each_file_its_own_image_and_geometry(tmp_path):
+    """The writer undoes the reader's reorientation: every file gets back its own pixels, rows and columns."""
+    stored = np.random.default_rng(0).integers(0, 65536, (4, 6, 5)).astype(np.uint16)
+    stored[0, 0, 0] = 65535  # series maximum 65535: RescaleSlope exactly 1, so the round trip is exact
+    sources = write_mr_series(tmp_path / "in", stored)
+    for k, path in zip(np.random.default_rng(1).permutation(len(sources)), sources):  # file order != position order
+        dataset = pydicom.dcmread(path)
+        dataset.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]  # sagittal: normal = row x column = patient right
+        dataset.ImagePositionPatient = [-0.8 * float(k), -91.2, 20.0]
+        dataset.save_as(path, enforce_file_format=True)
+    (volume,) = read_path(str(tmp_path / "in"))
+    assert volume.data.shape == (6, 5, 4)  # axial slices: superior (rows), anterior-posterior, right-left (files)
+    paths = write_dicom_series(volume, volume.data, str(tmp_path / "out"), "SYNTHETIC")
+
+    for source_path, path in zip(sorted(sources), sorted(paths)):
+        source, out = pydicom.dcmread(source_path), pydicom.dcmread(path)
+        assert out.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        for tag in GEOMETRY_TAGS:
+            assert out[tag].value == source[tag].value, tag
+        assert float(out.RescaleSlope) == 1 and float(out.RescaleIntercept) == 0
+        np.testing.assert_array_equal(out.pixel_array, source.pixel_array)
+    (back,) = read_path(str(tmp_path / "out"))
+    np.testing.assert_array_equal(back.data, volume.data)
+
+
 def test_dicom_monochrome1_becomes_monochrome2_bright_is_signal(tmp_path):
     stored = np.array([[[0, 100], [200, 300]]], np.uint16)
     write_mr_series(tmp_path / "in", stored, photometric="MONOCHROME1")
