@@ -25,10 +25,11 @@ FLAGS = flags.FLAGS
 def time_one(xla: bool, precision: str) -> None:
     import tensorflow as tf
 
-    from training.cyclegan import CycleGAN, Hyperparameters
+    from training.config import ModelConfig
+    from training.cyclegan import CycleGAN
 
     tf.keras.mixed_precision.set_global_policy(precision)
-    model = CycleGAN(Hyperparameters(total_steps=10**6, decay_start=10**6, precision=precision))
+    model = CycleGAN(ModelConfig(precision=precision), total_steps=10**6, decay_start=10**6)
     step = model.compiled_step(xla)
     a = tf.random.uniform((FLAGS.batch_size, 256, 256, 1), -1, 1)
     b = tf.random.uniform((FLAGS.batch_size, 256, 256, 1), -1, 1)

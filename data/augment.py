@@ -24,6 +24,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from rundir.config import option
+
 IMAGE_SIZE = 256
 JITTER_SIZE = 286
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
@@ -42,12 +44,17 @@ _COEFFICIENT_MASK = ((_DEGREES > 0) & (_DEGREES <= BIAS_DEGREE)).astype(np.float
 class AugmentOptions:
     """Which augmentations run and how strongly; 0 (or False) disables one."""
 
-    jitter: bool = True  # resize 256 -> 286 bilinearly, random integer crop back to 256
-    flip: bool = True  # left-right mirror with p = 0.5
-    rotate_degrees: float = 0.0  # angle uniform in [-r, r], counter-clockwise positive, about the centre
-    scale: float = 0.0  # zoom factor uniform in [1 - s, 1 + s] about the centre (> 1 magnifies)
-    gamma: float = 0.0  # image ** exp(uniform(-g, g))
-    bias_field: float = 0.0  # multiplicative field 1 + a * p, p smooth with mean 0 and max |p| = 1, a ~ U(0, b)
+    jitter: bool = option(True, "Augmentation: the CycleGAN jitter (resize to 286 bilinearly, random integer crop "
+                          "to 256).", flag="augment_jitter")
+    flip: bool = option(True, "Augmentation: random left-right mirror (p = 0.5).", flag="augment_flip")
+    rotate_degrees: float = option(0.0, "Augmentation: random rotation about the centre within +-this many degrees "
+                                   "(0: off).", lower=0.0, flag="augment_rotate")
+    scale: float = option(0.0, "Augmentation: random zoom about the centre within 1 +- this fraction (0: off).",
+                          lower=0.0, upper=0.99, flag="augment_scale")
+    gamma: float = option(0.0, "Augmentation: random gamma, image ** exp(U(-g, g)) (0: off).", lower=0.0,
+                          flag="augment_gamma")
+    bias_field: float = option(0.0, "Augmentation: smooth multiplicative bias field 1 + a * p, max |p| = 1, "
+                               "a ~ U(0, this) (0: off).", lower=0.0, upper=0.99, flag="augment_bias_field")
 
     def __post_init__(self):
         for name, value, upper in (

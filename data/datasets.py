@@ -11,36 +11,37 @@ import numpy as np
 from absl import logging
 
 from data import layouts, phantom, preprocess, readers
+from rundir import config
+from rundir.config import option
 
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-    """The data flags of a run (data/flags.py); saved with the run so evaluation reads the same data."""
+    """Where a run's slices come from and how files are read; saved with the run so evaluation reads the same data.
 
-    train_a: str | None = None
-    train_b: str | None = None
-    test_a: str | None = None
-    test_b: str | None = None
-    data_dir: str | None = None
-    layout: str | None = None
-    on_bad_file: str = "skip"
-    min_foreground: float = 0.05
-    synthetic_subjects: int = 128
-    synthetic_test_subjects: int = 16
-    synthetic_seed: int = 0
+    Its fields are the data flags (rundir/config.py): the reading ones (on_bad_file, min_foreground)
+    serve every tool, the rest say which files train and test.
+    """
+
+    on_bad_file: str = option("skip", "skip: warn and skip unreadable files; error: stop at the first.",
+                              choices=readers.ON_BAD_FILE)
+    min_foreground: float = option(0.05, "Slices whose fraction of pixels above 5% of the intensity scale is below "
+                                   "this are skipped (translate.py writes them as 0).", lower=0.0, upper=1.0)
+    train_a: str | None = option(None, "Domain A (T1) training images: a file, folder or glob. Default: the built-in "
+                                 "synthetic phantoms.")
+    train_b: str | None = option(None, "Domain B (T2) training images: a file, folder or glob.")
+    test_a: str | None = option(None, "Domain A (T1) test images, paired with --test_b by file stem or subject id.")
+    test_b: str | None = option(None, "Domain B (T2) test images.")
+    data_dir: str | None = option(None, "A dataset folder in a recognised layout (see --layout).")
+    layout: str | None = option(None, "Layout of --data_dir (default: detected).", choices=layouts.LAYOUTS)
+    synthetic_subjects: int = option(128, "Built-in data: synthetic training subjects per domain.", lower=1)
+    synthetic_test_subjects: int = option(16, "Built-in data: synthetic paired test subjects.", lower=1)
+    synthetic_seed: int = option(0, "Built-in data: seed of the synthetic phantoms.", lower=0)
 
     @classmethod
     def from_mapping(cls, values) -> "DataSpec":
-        """From absl FLAGS or a run's saved flags (strings); names it does not know are ignored."""
-        if not isinstance(values, dict):
-            values = {name: values[name].value for name in values}
-        kwargs = {}
-        for field in dataclasses.fields(cls):
-            value = values.get(field.name)
-            if value is not None:
-                kind = type(field.default) if field.default is not None else str
-                kwargs[field.name] = kind(value)
-        return cls(**kwargs)
+        """From absl FLAGS, a dict, or a run's saved flags (strings); names it does not know are ignored."""
+        return config.from_values(cls, values)
 
     @property
     def synthetic(self) -> bool:

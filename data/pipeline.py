@@ -49,15 +49,3 @@ def unpaired_dataset(
     a = _domain(slices_a, batch_size, seed_a, options)
     b = _domain(slices_b, batch_size, seed_b, options)
     return tf.data.Dataset.zip(a, b).skip(skip).prefetch(tf.data.AUTOTUNE)
-
-
-def augment_options(values) -> AugmentOptions:
-    """The augmentation flags (data/flags.py) as options."""
-    return AugmentOptions(
-        jitter=values.augment_jitter,
-        flip=values.augment_flip,
-        rotate_degrees=values.augment_rotate,
-        scale=values.augment_scale,
-        gamma=values.augment_gamma,
-        bias_field=values.augment_bias_field,
-    )

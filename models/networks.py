@@ -42,27 +42,32 @@ def upsample(filters: int, dropout: bool = False, name: str | None = None) -> ke
     return keras.Sequential(layers, name=name)
 
 
-def build_generator(name: str = "generator") -> keras.Model:
-    """U-Net mapping a [-1, 1] image to a [-1, 1] image of the other contrast."""
+def build_generator(name: str = "generator", filters: int = 64) -> keras.Model:
+    """U-Net mapping a [-1, 1] image to a [-1, 1] image of the other contrast.
+
+    `filters` is the first level's width (the design's 64; the shape comments assume it); tests of the
+    training loop's mechanics use a narrow copy of the same architecture.
+    """
+    f = filters
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, CHANNELS))  # (bs, 256, 256, 1)
     down_stack = [
-        downsample(64, normalize=False, name="down1"),  # (bs, 128, 128, 64)
-        downsample(128, name="down2"),  # (bs, 64, 64, 128)
-        downsample(256, name="down3"),  # (bs, 32, 32, 256)
-        downsample(512, name="down4"),  # (bs, 16, 16, 512)
-        downsample(512, name="down5"),  # (bs, 8, 8, 512)
-        downsample(512, name="down6"),  # (bs, 4, 4, 512)
-        downsample(512, name="down7"),  # (bs, 2, 2, 512)
-        downsample(512, name="down8"),  # (bs, 1, 1, 512): InstanceNorm is affine-only here
+        downsample(f, normalize=False, name="down1"),  # (bs, 128, 128, 64)
+        downsample(2 * f, name="down2"),  # (bs, 64, 64, 128)
+        downsample(4 * f, name="down3"),  # (bs, 32, 32, 256)
+        downsample(8 * f, name="down4"),  # (bs, 16, 16, 512)
+        downsample(8 * f, name="down5"),  # (bs, 8, 8, 512)
+        downsample(8 * f, name="down6"),  # (bs, 4, 4, 512)
+        downsample(8 * f, name="down7"),  # (bs, 2, 2, 512)
+        downsample(8 * f, name="down8"),  # (bs, 1, 1, 512): InstanceNorm is affine-only here
     ]
     up_stack = [
-        upsample(512, dropout=True, name="up1"),  # (bs, 2, 2, 1024) after the skip
-        upsample(512, dropout=True, name="up2"),  # (bs, 4, 4, 1024)
-        upsample(512, dropout=True, name="up3"),  # (bs, 8, 8, 1024)
-        upsample(512, name="up4"),  # (bs, 16, 16, 1024)
-        upsample(256, name="up5"),  # (bs, 32, 32, 512)
-        upsample(128, name="up6"),  # (bs, 64, 64, 256)
-        upsample(64, name="up7"),  # (bs, 128, 128, 128)
+        upsample(8 * f, dropout=True, name="up1"),  # (bs, 2, 2, 1024) after the skip
+        upsample(8 * f, dropout=True, name="up2"),  # (bs, 4, 4, 1024)
+        upsample(8 * f, dropout=True, name="up3"),  # (bs, 8, 8, 1024)
+        upsample(8 * f, name="up4"),  # (bs, 16, 16, 1024)
+        upsample(4 * f, name="up5"),  # (bs, 32, 32, 512)
+        upsample(2 * f, name="up6"),  # (bs, 64, 64, 256)
+        upsample(f, name="up7"),  # (bs, 128, 128, 128)
     ]
     last = keras.layers.Conv2DTranspose(
         CHANNELS, 4, strides=2, padding="same", kernel_initializer=_init(), name="output"
@@ -81,14 +86,15 @@ def build_generator(name: str = "generator") -> keras.Model:
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_discriminator(name: str = "discriminator") -> keras.Model:
-    """70x70 PatchGAN: one real/fake logit per overlapping 70x70 patch."""
+def build_discriminator(name: str = "discriminator", filters: int = 64) -> keras.Model:
+    """70x70 PatchGAN: one real/fake logit per overlapping 70x70 patch (`filters` as in build_generator)."""
+    f = filters
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, CHANNELS))  # (bs, 256, 256, 1)
-    x = downsample(64, normalize=False, name="down1")(inputs)  # (bs, 128, 128, 64)
-    x = downsample(128, name="down2")(x)  # (bs, 64, 64, 128)
-    x = downsample(256, name="down3")(x)  # (bs, 32, 32, 256)
+    x = downsample(f, normalize=False, name="down1")(inputs)  # (bs, 128, 128, 64)
+    x = downsample(2 * f, name="down2")(x)  # (bs, 64, 64, 128)
+    x = downsample(4 * f, name="down3")(x)  # (bs, 32, 32, 256)
     x = keras.layers.ZeroPadding2D()(x)  # (bs, 34, 34, 256)
-    x = keras.layers.Conv2D(512, 4, strides=1, kernel_initializer=_init(), use_bias=False)(x)  # (bs, 31, 31, 512)
+    x = keras.layers.Conv2D(8 * f, 4, strides=1, kernel_initializer=_init(), use_bias=False)(x)  # (bs, 31, 31, 512)
     x = InstanceNorm()(x)
     x = keras.layers.LeakyReLU(0.2)(x)
     x = keras.layers.ZeroPadding2D()(x)  # (bs, 33, 33, 512)

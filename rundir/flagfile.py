@@ -5,16 +5,17 @@ import os
 FLAGFILE = "flags.txt"
 
 
+def as_text(value) -> str:
+    """A flag value as flags.txt writes it (and absl parses it back)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def save(logdir: str, values: dict) -> str:
     """Writes `--name=value` lines usable with `--flagfile`; unset (None) flags are left out."""
     path = os.path.join(logdir, FLAGFILE)
-    lines = []
-    for name, value in sorted(values.items()):
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        lines.append(f"--{name}={value}")
+    lines = [f"--{name}={as_text(value)}" for name, value in sorted(values.items()) if value is not None]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -35,3 +36,15 @@ def load(logdir: str) -> dict[str, str]:
                 name, value = line[2:].split("=", 1)
                 values[name] = value
     return values
+
+
+HISTORY = "flags_history.txt"
+
+
+def record_changes(logdir: str, step: int, changes: dict[str, tuple[str, str]]) -> str:
+    """Appends the flags a resumed run changed (name -> (saved, new)) with the step they apply from."""
+    path = os.path.join(logdir, HISTORY)
+    with open(path, "a") as f:
+        for name, (saved, new) in sorted(changes.items()):
+            f.write(f"from step {step}: --{name}={new} (was {saved})\n")
+    return path

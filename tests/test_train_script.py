@@ -1,4 +1,5 @@
-"""train.py end to end on the built-in synthetic data: checkpoints, summaries, resume, signals, divergence."""
+"""train.py as a process, with the full-size model: what only a process shows (the parameter count a user
+gets, kill -9, SIGTERM's exit code, flag errors). The loop's mechanics are tested in-process in test_loop.py."""
 
 import os
 import signal
@@ -12,123 +13,75 @@ import tensorflow as tf
 
 from tests.helpers import QUICK, ROOT, checkpoint_step, checkpoint_weight_count, script, summaries
 
-# Deterministic, with the decay starting after epoch 1 whatever --epochs is, so that a 1-epoch run extended
-# to 2 epochs follows the learning-rate curve of a 2-epoch run.
-PLAN = ["--steps_per_epoch=2", "--decay_epoch=1", "--deterministic", *QUICK]
+pytestmark = pytest.mark.slow
+
+PLAN = ["--steps_per_epoch=1", "--decay_epoch=1", "--deterministic", *QUICK]
 
 
 def train(logdir, *args, **kwargs):
     return script("train.py", f"--logdir={logdir}", *PLAN, *args, **kwargs)
 
 
-def final_state(logdir) -> dict[str, np.ndarray]:
-    """Every tensor of the newest checkpoint but the manager's count of saves."""
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints")))
+def checkpoint_state(path) -> dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(path)
     return {name: np.asarray(reader.get_tensor(name)) for name in reader.get_variable_to_shape_map()
-            if not name.startswith("save_counter")}
+            if not name.startswith(("save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
 
 
-def assert_same_state(logdir_a, logdir_b):
-    """Counters and random states exactly, floats to run-to-run noise.
-
-    oneDNN's CPU kernels may add in another order from run to run, and Adam amplifies that in its first
-    steps (seen between two runs of one command: 1e-5 in weights, 4e-3 in a first moment). A resume that
-    replays other data, dropout masks or pool draws leaves other images in the pools (1.3 apart when
-    resume was broken on purpose); run-to-run noise stays inside 0.05.
-    """
-    a, b = final_state(logdir_a), final_state(logdir_b)
-    assert sorted(a) == sorted(b)
-    floats = {name for name in a if np.issubdtype(a[name].dtype, np.floating)}
-    assert [name for name in a if name not in floats and not np.array_equal(a[name], b[name])] == []
-    pools = {name for name in floats if name.startswith("pool_")}
-    assert {name: float(np.abs(a[name] - b[name]).max()) for name in pools} == pytest.approx(
-        {name: 0.0 for name in pools}, abs=0.05)
-    # Adam's moments carry the amplified noise itself; the weights they produced must still agree.
-    weights = {name for name in floats if "/_trainable_variables/" in name}
-    assert weights
-    assert [name for name in weights if not np.allclose(a[name], b[name], rtol=1e-2, atol=1e-2)] == []
-
-
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    logdir = str(tmp_path_factory.mktemp("run"))
-    result = train(logdir, "--epochs=1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return logdir
-
-
-@pytest.fixture(scope="module")
-def resumed_run(first_run):
-    """The first run, continued to 2 epochs by the same command with --epochs=2."""
-    result = train(first_run, "--epochs=2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return first_run, result
-
-
-def test_writes_checkpoint_summaries_and_flags(first_run):
-    assert checkpoint_step(first_run) == 2
-    counts = checkpoint_weight_count(first_run)
+def test_writes_the_full_size_model_summaries_and_flags(trained_run):
+    assert checkpoint_step(trained_run) == 1
+    counts = checkpoint_weight_count(trained_run)
     assert counts == {"generator_g": 54_408_833, "generator_f": 54_408_833,
                       "discriminator_x": 2_763_521, "discriminator_y": 2_763_521}
     assert sum(counts.values()) == 114_344_708
-    tags = summaries(first_run)
-    for name in ("g/adversarial", "f/adversarial", "cycle/a_to_b_to_a", "cycle/b_to_a_to_b", "g/identity",
-                 "f/identity", "d_x/total", "d_y/total"):
-        assert set(tags[f"loss/{name}"]) == {1, 2}
-    assert set(tags["learning_rate"]) == {1, 2} and "steps_per_second" in tags
-    assert tags["t1_to_t2"] == {2: "images"} and tags["t2_to_t1"] == {2: "images"}
-    assert tags["flags"] == {0: "text"} and tags["parameters"] == {0: "text"}
-    with open(os.path.join(first_run, "flags.txt")) as f:
+    tags = summaries(trained_run)
+    assert set(tags["loss/generators/total"]) == {1} and tags["t1_to_t2"] == {1: "images"}
+    with open(os.path.join(trained_run, "flags.txt")) as f:
         saved = f.read().splitlines()
     assert "--epochs=1" in saved and "--synthetic_subjects=6" in saved and "--pool_size=50" in saved
 
 
-def test_rerun_with_more_epochs_resumes_on_the_new_schedule(resumed_run):
-    logdir, result = resumed_run
-    assert "resumed from" in result.stderr and "at step 2" in result.stderr
-    assert checkpoint_step(logdir) == 4
-    lr = summaries(logdir)["learning_rate"]
-    # The plan: 4 steps, decay from step 2; the logged rate is the one the step used.
-    assert lr[1] == lr[2] == lr[3] == pytest.approx(2e-4) and lr[4] == pytest.approx(1e-4)
-    # Every optimizer counted the same steps as the run.
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints")))
-    for network in ("generator_g", "generator_f", "discriminator_x", "discriminator_y"):
-        assert reader.get_tensor(f"optimizer_{network}/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 4
-    # A finished run started again does nothing, and keeps its saved flags.
-    with open(os.path.join(logdir, "flags.txt")) as f:
-        flags_before = f.read()
-    again = train(logdir, "--epochs=2", "--synthetic_seed=7")
-    assert again.returncode == 0 and "nothing to do" in again.stderr
-    assert checkpoint_step(logdir) == 4
-    with open(os.path.join(logdir, "flags.txt")) as f:
-        assert f.read() == flags_before
-
-
-def test_sigkill_mid_epoch_then_restart_equals_the_uninterrupted_run(tmp_path):
-    """Killed at whatever step its last checkpoint holds, the restarted run ends where the same command
-    run without a stop ends: same data order, augmentation, dropout masks, pool draws and optimizer state."""
-    plan = ["--epochs=2", "--save_every_steps=1"]
+def test_sigkill_then_restart_ends_where_the_uninterrupted_run_ends(tmp_path):
+    """Killed after its first checkpoint, the same command restarted ends at the planned step with the state the
+    uninterrupted run reaches. test_loop.py shows in-process that a resume is bit-exact; across processes
+    oneDNN may sum in another order (measured: weight differences about 1e-5 between two runs of one command),
+    so each network's weights are compared relative to what its last step changed: a resume that replays other
+    data, dropout masks or pool draws moves the weights as much as a step does (relative difference near 1)."""
+    plan = ["--epochs=2", "--save_every_steps=1", "--keep_checkpoints=2"]
     uninterrupted, killed = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
     result = train(uninterrupted, *plan)
     assert result.returncode == 0, result.stderr[-3000:]
     args = [sys.executable, os.path.join(ROOT, "train.py"), f"--logdir={killed}", *PLAN, *plan]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     index = os.path.join(killed, "checkpoints", "checkpoint")
-    while not os.path.exists(index) and process.poll() is None:
+    deadline = time.monotonic() + 600
+    while not os.path.exists(index) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_at = checkpoint_step(killed)
-    assert 1 <= killed_at < 4
+    process.wait(timeout=60)
+    assert checkpoint_step(killed) == 1
     result = train(killed, *plan)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"at step {killed_at}" in result.stderr
-    assert checkpoint_step(killed) == 4
-    assert_same_state(killed, uninterrupted)
+    assert "at step 1" in result.stderr and checkpoint_step(killed) == 2
+
+    checkpoints = os.path.join(uninterrupted, "checkpoints")
+    before, after = (checkpoint_state(os.path.join(checkpoints, f"ckpt-{step}")) for step in (1, 2))
+    resumed = checkpoint_state(tf.train.latest_checkpoint(os.path.join(killed, "checkpoints")))
+    assert sorted(resumed) == sorted(after)
+    floats = {name for name in after if np.issubdtype(after[name].dtype, np.floating)}
+    assert [name for name in after if name not in floats and not np.array_equal(after[name], resumed[name])] == []
+    for network in ("generator_g", "generator_f", "discriminator_x", "discriminator_y"):
+        names = [name for name in floats if name.startswith(f"optimizer_{network}/_trainable_variables/")]
+        step_change = np.sqrt(sum(np.sum((after[n] - before[n]) ** 2) for n in names))
+        difference = np.sqrt(sum(np.sum((after[n] - resumed[n]) ** 2) for n in names))
+        assert step_change > 0 and difference / step_change < 0.05, (network, difference, step_change)
+    for pool in ("pool_a", "pool_b"):  # the same fakes, to run-to-run noise (< 0.05; 1.3 with a broken resume)
+        name = f"{pool}/images/.ATTRIBUTES/VARIABLE_VALUE"
+        assert np.abs(after[name] - resumed[name]).max() < 0.05
 
 
-def test_sigterm_saves_and_exits_130(tmp_path):
+def test_sigterm_saves_and_exits_143(tmp_path):
     logdir = str(tmp_path)
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), f"--logdir={logdir}", "--epochs=1",
                                 "--steps_per_epoch=50", *QUICK], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -138,24 +91,10 @@ def test_sigterm_saves_and_exits_130(tmp_path):
             break
     process.send_signal(signal.SIGTERM)
     rest = process.stderr.read()
-    assert process.wait() == 130
+    assert process.wait(timeout=600) == 143  # 128 + SIGTERM, as shells report it
     assert "Traceback" not in rest
     step = checkpoint_step(logdir)
     assert 0 <= step < 50 and f"SIGTERM at step {step}; saved" in rest
-
-
-def test_divergence_stops_naming_the_step_without_a_checkpoint(tmp_path):
-    result = script("train.py", f"--logdir={tmp_path}", "--epochs=1", "--steps_per_epoch=6", "--lr=1e12", *QUICK)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: training diverged at step ") and "not finite" in last
-    assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "checkpoint"))
-
-
-def test_resuming_with_another_precision_is_refused(resumed_run):
-    result = script("train.py", f"--logdir={resumed_run[0]}", "--epochs=3", "--precision=mixed_bfloat16", *QUICK)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "--precision=float32 (now mixed_bfloat16)" in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("args, message", [(["--batch_size=0"], "FATAL Flags parsing error: flag --batch_size=0"),

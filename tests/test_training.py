@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.cyclegan import NETWORKS, CycleGAN, Hyperparameters
+from training.config import ModelConfig
+from training.cyclegan import NETWORKS, CycleGAN
 from training.pool import ImagePool
 from training.schedule import LinearDecay
 
@@ -69,7 +70,7 @@ def test_linear_decay():
 
 @pytest.mark.parametrize("xla", [False, True], ids=["graph", "xla"])
 def test_one_step_changes_weights(xla):
-    model = CycleGAN(Hyperparameters(total_steps=10, decay_start=5, pool_size=2))
+    model = CycleGAN(ModelConfig(pool_size=2), total_steps=10, decay_start=5, filters=4)  # the design, narrow
     before = {name: [w.numpy().copy() for w in model.network(name).trainable_weights] for name in NETWORKS}
     real_a = tf.random.uniform((1, 256, 256, 1), -1, 1, seed=1)
     real_b = tf.random.uniform((1, 256, 256, 1), -1, 1, seed=2)
@@ -90,7 +91,7 @@ def test_one_step_changes_weights(xla):
 def test_optimizers_follow_the_global_step():
     """The rate comes from the run's step, not each optimizer's own counter (which a float16
     loss-scale optimizer does not advance on skipped steps)."""
-    model = CycleGAN(Hyperparameters(total_steps=100, decay_start=50, pool_size=0))
+    model = CycleGAN(ModelConfig(pool_size=0), total_steps=100, decay_start=50, filters=4)
     model.step.assign(75)
     for name in NETWORKS:
         optimizer = model.optimizers[name]

@@ -13,12 +13,16 @@ from training.cyclegan import NETWORKS, CycleGAN
 
 
 class NonFiniteWeightsError(RuntimeError):
-    pass
+    """A save was refused because a network holds NaN or Inf: writing it would replace a good checkpoint."""
 
 
 class Checkpointer:
+    """Saves the whole training state (networks, optimizers, pools, step) under <logdir>/checkpoints, numbered
+    by the step, and restores the newest one; `last_saved_step` lets the loop skip a second save of a step."""
+
     def __init__(self, model: CycleGAN, logdir: str, max_to_keep: int = 3):
         self.model = model
+        self.last_saved_step = None
         self.checkpoint = model.checkpoint()
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, checkpoint_dir(logdir), max_to_keep=max_to_keep
@@ -30,6 +34,7 @@ class Checkpointer:
         if path is None:
             return False
         self.checkpoint.restore(path).assert_existing_objects_matched()
+        self.last_saved_step = int(self.model.step)
         logging.info("resumed from %s at step %d", path, int(self.model.step))
         return True
 
@@ -37,7 +42,9 @@ class Checkpointer:
         """Writes a checkpoint numbered by the step, refusing non-finite weights."""
         if not all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in self.network_weights()):
             raise NonFiniteWeightsError(f"non-finite weights at step {int(self.model.step)}; checkpoint not written")
-        return self.manager.save(checkpoint_number=int(self.model.step))
+        path = self.manager.save(checkpoint_number=int(self.model.step))
+        self.last_saved_step = int(self.model.step)
+        return path
 
     def network_weights(self):
         return [v for name in NETWORKS for v in self.model.network(name).weights]

@@ -4,12 +4,11 @@ G translates T1 -> T2 (domain A -> B), F translates T2 -> T1; D_X judges T1
 images, D_Y judges T2 images.
 """
 
-import dataclasses
-
 import tensorflow as tf
 
 import losses
 from models.networks import build_discriminator, build_generator
+from training.config import ModelConfig
 from training.pool import ImagePool
 from training.schedule import LinearDecay
 
@@ -18,37 +17,27 @@ keras = tf.keras
 NETWORKS = ("generator_g", "generator_f", "discriminator_x", "discriminator_y")
 
 
-@dataclasses.dataclass(frozen=True)
-class Hyperparameters:
-    lr: float = 2e-4
-    beta_1: float = 0.5
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5
-    gan_loss: str = "lsgan"
-    pool_size: int = 50
-    total_steps: int = 1
-    decay_start: int = 0
-    precision: str = "float32"
-    seed: int = 0
-
-
 class CycleGAN(tf.Module):
-    """Everything a checkpoint must hold to resume a run exactly where it stopped."""
+    """Everything a checkpoint must hold to resume a run exactly where it stopped.
 
-    def __init__(self, hp: Hyperparameters):
+    `filters` is the networks' first-level width: 64 is the design (114,344,708 parameters); tests of
+    the loop's mechanics use a narrow copy of the same architecture.
+    """
+
+    def __init__(self, config: ModelConfig, total_steps: int, decay_start: int, seed: int = 0, filters: int = 64):
         super().__init__(name="cyclegan")
-        self.hp = hp
+        self.config = config
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.generator_g = build_generator("generator_g")  # T1 -> T2
-        self.generator_f = build_generator("generator_f")  # T2 -> T1
-        self.discriminator_x = build_discriminator("discriminator_x")  # judges T1
-        self.discriminator_y = build_discriminator("discriminator_y")  # judges T2
-        self.schedule = LinearDecay(hp.lr, hp.total_steps, hp.decay_start)
+        self.generator_g = build_generator("generator_g", filters)  # T1 -> T2
+        self.generator_f = build_generator("generator_f", filters)  # T2 -> T1
+        self.discriminator_x = build_discriminator("discriminator_x", filters)  # judges T1
+        self.discriminator_y = build_discriminator("discriminator_y", filters)  # judges T2
+        self.schedule = LinearDecay(config.lr, total_steps, decay_start)
         self.optimizers = {name: self._optimizer() for name in NETWORKS}
         for name in NETWORKS:  # build now so that a restore fills the slots instead of deferring
             self.optimizers[name].build(self.network(name).trainable_variables)
-        self.pool_a = ImagePool(hp.pool_size, seed=hp.seed, name="pool_a")  # fake T1 images
-        self.pool_b = ImagePool(hp.pool_size, seed=hp.seed + 1, name="pool_b")  # fake T2 images
+        self.pool_a = ImagePool(config.pool_size, seed=seed, name="pool_a")  # fake T1 images
+        self.pool_b = ImagePool(config.pool_size, seed=seed + 1, name="pool_b")  # fake T2 images
 
     def network(self, name: str) -> keras.Model:
         return getattr(self, name)
@@ -56,8 +45,8 @@ class CycleGAN(tf.Module):
     def _optimizer(self):
         # The rate is read from the global step, not the optimizer's own counter: a float16 loss-scale
         # optimizer skips overflowing steps without counting them, which would shift its curve.
-        optimizer = keras.optimizers.Adam(learning_rate=self.learning_rate, beta_1=self.hp.beta_1)
-        if self.hp.precision == "mixed_float16":
+        optimizer = keras.optimizers.Adam(learning_rate=self.learning_rate, beta_1=self.config.beta_1)
+        if self.config.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer
 
@@ -84,15 +73,15 @@ class CycleGAN(tf.Module):
     def learning_rate(self) -> tf.Tensor:
         return self.schedule(self.step)
 
-    def _apply(self, tape, loss, name):
-        optimizer = self.optimizers[name]
+    def _apply(self, tape, network_losses: dict[str, tf.Tensor], name: str):
+        """One optimizer update of network `name` from its (scaled) loss in `network_losses`."""
         variables = self.network(name).trainable_variables
-        grads = tape.gradient(loss[name], variables)
-        optimizer.apply_gradients(zip(grads, variables))
+        grads = tape.gradient(network_losses[name], variables)
+        self.optimizers[name].apply_gradients(zip(grads, variables))
 
     def train_step(self, real_a: tf.Tensor, real_b: tf.Tensor) -> dict[str, tf.Tensor]:
         """One update of G and F, then of D_X and D_Y on pooled fakes; returns every loss term."""
-        hp = self.hp
+        config = self.config
         f32 = lambda t: tf.cast(t, tf.float32)  # noqa: E731 - mixed-precision outputs to loss precision
         real_a, real_b = f32(real_a), f32(real_b)
         with tf.GradientTape(persistent=True) as tape:
@@ -102,19 +91,19 @@ class CycleGAN(tf.Module):
             cycled_b = f32(self.generator_g(fake_a, training=True))
             out = {
                 "g/adversarial": losses.generator_adversarial(
-                    f32(self.discriminator_y(fake_b, training=True)), hp.gan_loss
+                    f32(self.discriminator_y(fake_b, training=True)), config.gan_loss
                 ),
                 "f/adversarial": losses.generator_adversarial(
-                    f32(self.discriminator_x(fake_a, training=True)), hp.gan_loss
+                    f32(self.discriminator_x(fake_a, training=True)), config.gan_loss
                 ),
-                "cycle/a_to_b_to_a": losses.cycle(real_a, cycled_a, hp.lambda_cycle),
-                "cycle/b_to_a_to_b": losses.cycle(real_b, cycled_b, hp.lambda_cycle),
+                "cycle/a_to_b_to_a": losses.cycle(real_a, cycled_a, config.lambda_cycle),
+                "cycle/b_to_a_to_b": losses.cycle(real_b, cycled_b, config.lambda_cycle),
             }
-            if hp.lambda_identity > 0:
+            if config.lambda_identity > 0:
                 same_b = f32(self.generator_g(real_b, training=True))
                 same_a = f32(self.generator_f(real_a, training=True))
-                out["g/identity"] = losses.identity(real_b, same_b, hp.lambda_cycle, hp.lambda_identity)
-                out["f/identity"] = losses.identity(real_a, same_a, hp.lambda_cycle, hp.lambda_identity)
+                out["g/identity"] = losses.identity(real_b, same_b, config.lambda_cycle, config.lambda_identity)
+                out["f/identity"] = losses.identity(real_a, same_a, config.lambda_cycle, config.lambda_identity)
             # One objective for both generators, as in the original: each network's gradient
             # only sees the terms that depend on it.
             generator_total = tf.add_n(list(out.values()))
@@ -130,12 +119,12 @@ class CycleGAN(tf.Module):
             out["d_x/total"] = losses.discriminator_adversarial(
                 f32(self.discriminator_x(real_a, training=True)),
                 f32(self.discriminator_x(pooled_a, training=True)),
-                hp.gan_loss,
+                config.gan_loss,
             )
             out["d_y/total"] = losses.discriminator_adversarial(
                 f32(self.discriminator_y(real_b, training=True)),
                 f32(self.discriminator_y(pooled_b, training=True)),
-                hp.gan_loss,
+                config.gan_loss,
             )
             scaled = {
                 "discriminator_x": self._scaled("discriminator_x", out["d_x/total"]),

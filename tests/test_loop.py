@@ -1,0 +1,298 @@
+"""The training loop's mechanics in-process, on a narrow copy of the networks (filters=4 instead of 64).
+
+Resume, signals, divergence, summaries, schedules, pools, precisions and the flags a resume may change;
+tests/test_train_script.py keeps what only a process shows, with the full-size model.
+"""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rundir import flagfile
+from tests.helpers import summaries
+from training import loop
+from training.config import ModelConfig, TrainConfig
+from training.cyclegan import NETWORKS, CycleGAN
+
+FILTERS = 4
+# Two 3-step epochs; the decay starts after epoch 1, so a run extended from 1 to 2 epochs keeps its curve.
+TINY = dict(epochs=2, steps_per_epoch=3, decay_epoch=1, synthetic_subjects=6, synthetic_test_subjects=2,
+            summary_images=1, log_every_steps=1, keep_checkpoints=10, deterministic=True)
+
+
+def tiny_config(**flags) -> TrainConfig:
+    return TrainConfig.from_values({**TINY, **flags})
+
+
+def train(logdir, **flags) -> int:
+    return loop.train(tiny_config(**flags), str(logdir), filters=FILTERS)
+
+
+def checkpoint_state(logdir, step=None) -> dict[str, np.ndarray]:
+    """Every tensor of the newest (or the given step's) checkpoint but the manager's count of saves."""
+    directory = os.path.join(logdir, "checkpoints")
+    path = os.path.join(directory, f"ckpt-{step}") if step is not None else tf.train.latest_checkpoint(directory)
+    reader = tf.train.load_checkpoint(path)
+    return {name: np.asarray(reader.get_tensor(name)) for name in reader.get_variable_to_shape_map()
+            if not name.startswith(("save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
+
+
+def saved_steps(logdir) -> list[int]:
+    state = tf.train.get_checkpoint_state(os.path.join(logdir, "checkpoints"))
+    return [int(path.rsplit("-", 1)[1]) for path in state.all_model_checkpoint_paths]
+
+
+def save_count(logdir) -> int:
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints")))
+    return int(reader.get_tensor("save_counter/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+@pytest.fixture(autouse=True)
+def float32_policy_after():
+    """Each run sets the process-wide precision policy; leave float32 behind for the next test."""
+    yield
+    tf.keras.mixed_precision.set_global_policy("float32")
+
+
+def stop_with_sigterm_after(monkeypatch, stop_step: int):
+    """Sends this process SIGTERM right after step `stop_step`, as `kill` would."""
+    check = loop.check_finite
+
+    def check_then_signal(step, step_losses):
+        check(step, step_losses)
+        if step == stop_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "check_finite", check_then_signal)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("uninterrupted")
+    assert train(logdir) == 6
+    return logdir
+
+
+@pytest.mark.slow
+def test_two_steps_then_resume_continues_the_step(tmp_path):
+    assert train(tmp_path, epochs=1, steps_per_epoch=2) == 2
+    assert saved_steps(tmp_path) == [2]
+    assert train(tmp_path, epochs=2, steps_per_epoch=2) == 4
+    assert saved_steps(tmp_path) == [2, 4]
+    state = checkpoint_state(tmp_path)
+    assert state["step/.ATTRIBUTES/VARIABLE_VALUE"] == 4
+    for network in NETWORKS:  # every optimizer counted the run's steps
+        assert state[f"optimizer_{network}/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == 4
+    # A finished run started again does nothing.
+    assert train(tmp_path, epochs=2, steps_per_epoch=2) == 4
+    assert save_count(tmp_path) == 2
+    after = checkpoint_state(tmp_path)
+    assert all(np.array_equal(state[name], after[name]) for name in state)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_and_the_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch,
+                                                                                  uninterrupted):
+    """Stopped after step 4 (mid epoch 2), resumed by the same call: bit for bit the uninterrupted state, so
+    data order, augmentation, dropout masks, pool draws, optimizer moments and schedule all continued."""
+    stop_with_sigterm_after(monkeypatch, 4)
+    with pytest.raises(loop.Stopped, match="SIGTERM at step 4; saved") as stopped:
+        train(tmp_path)
+    assert stopped.value.exit_code == 143
+    assert saved_steps(tmp_path) == [3, 4]
+    monkeypatch.undo()
+    assert train(tmp_path) == 6
+    resumed, reference = checkpoint_state(tmp_path), checkpoint_state(uninterrupted)
+    assert sorted(resumed) == sorted(reference)
+    assert [name for name in reference if not np.array_equal(resumed[name], reference[name])] == []
+    # The comparison has something to find: training moved every network away from its state at step 3.
+    early = checkpoint_state(uninterrupted, 3)
+    moved = [name for name in reference if "/_trainable_variables/" in name
+             and not np.array_equal(early[name], reference[name])]
+    assert len(moved) == len([name for name in reference if "/_trainable_variables/" in name])
+
+
+@pytest.mark.slow
+def test_summaries_each_logged_step_and_images_each_epoch(uninterrupted):
+    tags = summaries(str(uninterrupted))
+    for name in ("g/adversarial", "f/adversarial", "cycle/a_to_b_to_a", "cycle/b_to_a_to_b", "g/identity",
+                 "f/identity", "generators/total", "d_x/total", "d_y/total"):
+        assert set(tags[f"loss/{name}"]) == {1, 2, 3, 4, 5, 6}
+        assert all(np.isfinite(list(tags[f"loss/{name}"].values())))
+    # The rate the step used: 2e-4 through epoch 1, then linear from step 3 to 0 at step 6.
+    lr = tags["learning_rate"]
+    assert [lr[s] for s in range(1, 7)] == pytest.approx([2e-4, 2e-4, 2e-4, 2e-4, 2e-4 * 2 / 3, 2e-4 / 3])
+    assert tags["t1_to_t2"] == {3: "images", 6: "images"} and tags["t2_to_t1"] == {3: "images", 6: "images"}
+    assert tags["flags"] == {0: "text"} and tags["parameters"] == {0: "text"}
+
+
+@pytest.mark.slow
+def test_generator_total_is_the_sum_of_its_terms(uninterrupted):
+    tags = summaries(str(uninterrupted))
+    terms = ("g/adversarial", "f/adversarial", "cycle/a_to_b_to_a", "cycle/b_to_a_to_b", "g/identity", "f/identity")
+    for step in range(1, 7):
+        total = sum(tags[f"loss/{name}"][step] for name in terms)
+        assert tags["loss/generators/total"][step] == pytest.approx(total, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_save_every_steps_that_divides_the_epoch_saves_each_step_once(tmp_path):
+    train(tmp_path, save_every_steps=3)
+    assert saved_steps(tmp_path) == [3, 6]
+    assert save_count(tmp_path) == 2  # not 4: the epoch-end save of a step just saved is skipped
+
+
+@pytest.mark.slow
+def test_a_resume_may_change_only_resumable_flags_and_the_change_is_recorded(tmp_path):
+    train(tmp_path, epochs=1)
+    saved = (tmp_path / "flags.txt").read_text()
+    for flags, named in (({"precision": "mixed_bfloat16"}, "--precision=float32 (now mixed_bfloat16)"),
+                         ({"pool_size": 3}, "--pool_size=50 (now 3)"),
+                         ({"synthetic_seed": 7}, "--synthetic_seed=0 (now 7)"),
+                         ({"lr": 1e-3}, "--lr=0.0002 (now 0.001)"),
+                         ({"augment_rotate": 5.0}, "--augment_rotate=0.0 (now 5.0)")):
+        with pytest.raises(loop.TrainingError, match="cannot resume with other values") as refused:
+            train(tmp_path, epochs=2, **flags)
+        assert named in str(refused.value) and "\n" not in str(refused.value)
+        assert (tmp_path / "flags.txt").read_text() == saved
+    assert train(tmp_path, epochs=2, log_every_steps=2) == 6
+    assert flagfile.load(str(tmp_path))["epochs"] == "2" and flagfile.load(str(tmp_path))["log_every_steps"] == "2"
+    assert (tmp_path / flagfile.HISTORY).read_text().splitlines() == [
+        "from step 3: --epochs=2 (was 1)", "from step 3: --log_every_steps=2 (was 1)"]
+
+
+# flags.txt as train.py wrote it before the config objects (commit d4bc9b3), for TINY with --epochs=1.
+PREVIOUS_FLAGS_TXT = """--augment_bias_field=0.0
+--augment_flip=true
+--augment_gamma=0.0
+--augment_jitter=true
+--augment_rotate=0.0
+--augment_scale=0.0
+--batch_size=1
+--beta_1=0.5
+--decay_epoch=1
+--deterministic=true
+--epochs=1
+--gan_loss=lsgan
+--keep_checkpoints=10
+--lambda_cycle=10.0
+--lambda_identity=0.5
+--log_every_steps=1
+--lr=0.0002
+--min_foreground=0.05
+--on_bad_file=skip
+--pool_size=50
+--precision=float32
+--seed=0
+--steps_per_epoch=3
+--summary_images=1
+--synthetic_seed=0
+--synthetic_subjects=6
+--synthetic_test_subjects=2
+--xla=auto
+"""
+
+
+def test_flags_txt_of_the_previous_format_is_read(tmp_path):
+    (tmp_path / "flags.txt").write_text(PREVIOUS_FLAGS_TXT)
+    assert TrainConfig.from_values(flagfile.load(str(tmp_path))) == tiny_config(epochs=1)
+    assert loop.flag_changes(str(tmp_path), tiny_config(epochs=1)) == {}
+    with pytest.raises(loop.TrainingError, match="--synthetic_subjects=6 \\(now 7\\)"):
+        loop.flag_changes(str(tmp_path), tiny_config(epochs=1, synthetic_subjects=7))
+
+
+@pytest.mark.slow
+def test_divergence_stops_naming_the_step_without_a_checkpoint(tmp_path):
+    with pytest.raises(loop.TrainingError, match=r"^training diverged at step \d+ \(.* not finite\)"):
+        train(tmp_path, lr=1e12, epochs=1, steps_per_epoch=6)
+    assert not os.path.exists(tmp_path / "checkpoints" / "checkpoint")
+
+
+def test_a_parameter_count_other_than_the_design_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(loop, "DESIGN_FILTERS", FILTERS)
+    with pytest.raises(loop.TrainingError, match="parameters, the design 114,344,708: models/networks.py changed"):
+        loop.build_model(tiny_config(), loop.Plan(3, 2, 3), filters=FILTERS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [{"gan_loss": "bce"}, {"lambda_identity": 0.0}, {"pool_size": 0},
+                                   {"batch_size": 2}], ids=["bce", "no_identity", "no_pool", "batch_2"])
+def test_training_paths(tmp_path, flags):
+    train(tmp_path, epochs=1, **flags)
+    state = checkpoint_state(tmp_path)
+    assert state["step/.ATTRIBUTES/VARIABLE_VALUE"] == 3
+    weights = [value for name, value in state.items() if "/_trainable_variables/" in name]
+    assert weights and all(value.dtype == np.float32 and np.isfinite(value).all() for value in weights)
+    tags = summaries(str(tmp_path))
+    has_identity = flags.get("lambda_identity", 0.5) > 0
+    assert ("loss/g/identity" in tags) == has_identity and ("loss/f/identity" in tags) == has_identity
+    # The pool took every fake of the 3 steps, or none when it is off (the discriminators see today's fakes).
+    pool_count = state["pool_a/count/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert pool_count == (0 if flags.get("pool_size", 50) == 0 else 3 * flags.get("batch_size", 1))
+
+
+def narrow_model(precision: str) -> CycleGAN:
+    """A narrow CycleGAN whose weights are seeded identically for every precision."""
+    tf.keras.mixed_precision.set_global_policy(precision)
+    tf.keras.utils.set_random_seed(0)
+    return CycleGAN(ModelConfig(precision=precision, pool_size=0), total_steps=10, decay_start=5, filters=FILTERS)
+
+
+def one_step(model: CycleGAN, seed: int = 1) -> dict[str, float]:
+    real_a = tf.random.stateless_uniform((1, 256, 256, 1), (seed, 1), -1, 1)
+    real_b = tf.random.stateless_uniform((1, 256, 256, 1), (seed, 2), -1, 1)
+    return {name: float(value) for name, value in model.compiled_step(False)(real_a, real_b).items()}
+
+
+def first_moments(model: CycleGAN, name: str) -> np.ndarray:
+    optimizer = model.optimizers[name]
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return np.concatenate([np.ravel(v.numpy()) for v in inner._momentums])
+
+
+@pytest.mark.slow
+def test_mixed_float16_scales_the_loss_and_unscales_the_gradients():
+    reference = narrow_model("float32")
+    one_step(reference)
+    model = narrow_model("mixed_float16")
+    # The default start (2**15) overflows float16 in the first steps, which are then skipped; start lower so
+    # that this step applies.
+    for name in NETWORKS:
+        model.optimizers[name].dynamic_scale.assign(2.0**8)
+    losses = one_step(model)
+    loss = tf.constant(losses["generators/total"])
+    assert float(model._scaled("generator_g", loss)) == pytest.approx(losses["generators/total"] * 2**8, rel=1e-6)
+    # Adam's first moment is (1 - beta_1) * gradient: with the gradients left scaled it would be 256x larger.
+    for name in NETWORKS:
+        assert float(model.optimizers[name].dynamic_scale) == 2.0**8  # finite: not halved, so the step applied
+        ratio = np.median(np.abs(first_moments(model, name)) / (np.abs(first_moments(reference, name)) + 1e-30))
+        assert 0.5 < ratio < 2.0, (name, ratio)
+
+
+@pytest.mark.slow
+def test_mixed_float16_skips_a_step_whose_scaled_gradients_overflow():
+    model = narrow_model("mixed_float16")
+    optimizer = model.optimizers["generator_g"]
+    optimizer.dynamic_scale.assign(3e38)  # the scaled loss overflows float32
+    before = [w.numpy().copy() for w in model.generator_g.trainable_weights]
+    one_step(model)
+    assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, model.generator_g.trainable_weights))
+    assert float(optimizer.dynamic_scale) == pytest.approx(1.5e38, rel=1e-6)
+    assert int(model.step) == 1  # the run's step still counts it, so the schedule and data order go on
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_run_resumes_exactly(tmp_path, precision):
+    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    train(uninterrupted, precision=precision, epochs=2, steps_per_epoch=1)
+    train(resumed, precision=precision, epochs=1, steps_per_epoch=1)
+    train(resumed, precision=precision, epochs=2, steps_per_epoch=1)
+    a, b = checkpoint_state(uninterrupted), checkpoint_state(resumed)
+    assert a["step/.ATTRIBUTES/VARIABLE_VALUE"] == 2
+    if precision == "mixed_float16":  # the loss scale is part of the state
+        assert any("dynamic_scale" in name for name in a)
+    assert [name for name in a if not np.array_equal(a[name], b[name])] == []

@@ -1,0 +1,91 @@
+"""What a training run is: the model/optimisation config, the run config, and the data configs.
+
+Each field is a flag of train.py (rundir/config.py defines them), and flags.txt in the run's
+directory holds them all, so evaluate.py and export.py read the data the run trained on.
+"""
+
+import dataclasses
+
+from data.augment import AugmentOptions
+from data.datasets import DataSpec
+from rundir import config
+from rundir.config import option
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The objective and its optimisation (the published defaults)."""
+
+    lr: float = option(2e-4, "Adam learning rate of all four networks.", lower=0.0)
+    beta_1: float = option(0.5, "Adam beta_1.", lower=0.0, upper=1.0)
+    lambda_cycle: float = option(10.0, "Weight of the cycle-consistency L1 loss.", lower=0.0)
+    lambda_identity: float = option(0.5, "Identity L1 weight, as a fraction of lambda_cycle (0 disables).", lower=0.0)
+    gan_loss: str = option("lsgan", "Adversarial loss: least squares or binary cross-entropy with logits.",
+                           choices=("lsgan", "bce"))
+    pool_size: int = option(50, "Image-history pool size per domain (0 disables).", lower=0, structural=True)
+    precision: str = option("float32", "Compute precision (mixed_float16 uses loss scaling).",
+                            choices=("float32", "mixed_bfloat16", "mixed_float16"), structural=True)
+    xla: str = option("auto", "Compile the step with XLA; auto: on GPU only (measured slower on CPU, see BUILD.md).",
+                      choices=("auto", "true", "false"), resumable=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """How long the run is, how it is seeded, and what it writes how often."""
+
+    epochs: int = option(200, "Training epochs.", lower=1, resumable=True)
+    decay_epoch: int | None = option(None, "Epoch at which the linear learning-rate decay to 0 starts (default: "
+                                     "epochs // 2).", lower=0, resumable=True)
+    steps_per_epoch: int | None = option(None, "Steps per epoch (default: the larger domain's slice count // "
+                                         "batch_size).", lower=1)
+    batch_size: int = option(1, "Images per domain per step.", lower=1)
+    seed: int = option(0, "Seed for weights, data order, augmentation and pools.", lower=0)
+    deterministic: bool = option(False, "Reproducible runs: TensorFlow op determinism (see README for how exact).",
+                                 resumable=True)
+    save_every_steps: int | None = option(None, "Also checkpoint every this many steps (always at each epoch's end "
+                                          "and on Ctrl-C/SIGTERM).", lower=1, resumable=True)
+    keep_checkpoints: int = option(3, "Newest checkpoints kept (each holds the networks, optimizers and pools: about "
+                                   "1.4 GB).", lower=1, resumable=True)
+    log_every_steps: int = option(10, "Write scalar summaries every this many steps.", lower=1, resumable=True)
+    summary_images: int = option(3, "Fixed samples shown as translation grids in TensorBoard each epoch (0: none).",
+                                 lower=0, resumable=True)
+
+
+CONFIGS = (ModelConfig, RunConfig, DataSpec, AugmentOptions)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything train.py's flags say, one config per concern."""
+
+    model: ModelConfig = ModelConfig()
+    run: RunConfig = RunConfig()
+    data: DataSpec = DataSpec()
+    augment: AugmentOptions = AugmentOptions()
+
+    @classmethod
+    def from_values(cls, values) -> "TrainConfig":
+        """From absl FLAGS, a dict of values, or a run's saved flags (strings)."""
+        return cls(*(config.from_values(kind, values) for kind in CONFIGS))
+
+    def as_flags(self) -> dict[str, object]:
+        return {name: value for part in (self.model, self.run, self.data, self.augment)
+                for name, value in config.as_flags(part).items()}
+
+    def replace(self, **flag_values) -> "TrainConfig":
+        """A copy with some flags changed, by flag name (for tests and tools)."""
+        return TrainConfig.from_values({**self.as_flags(), **flag_values})
+
+
+def define_flags() -> None:
+    """train.py's flags, one per config field (data.flags defines the reading flags on import)."""
+    import data.flags  # noqa: F401 - the reading flags every tool shares
+
+    config.define_flags(ModelConfig)
+    config.define_flags(RunConfig)
+    data.flags.define_dataset_flags()
+    data.flags.define_augment_flags()
+
+
+STRUCTURAL_FLAGS = tuple(name for kind in CONFIGS for name in config.structural_flags(kind))
+RESUMABLE_FLAGS = tuple(name for kind in CONFIGS for name in config.resumable_flags(kind))

@@ -1,0 +1,334 @@
+"""The training loop behind train.py, in the order it runs: setup, input, model, checkpoint, summaries,
+update step, loop. Each part is a small function that tests call in-process on a narrow model.
+
+Running `train(config, logdir)` again on the same logdir resumes from the newest checkpoint: the
+learning rate, data order, augmentation, dropout and pool draws all follow from the step, so a
+resumed run continues the uninterrupted one.
+"""
+
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from data import datasets, pipeline, preprocess, readers
+from models.directions import DIRECTIONS
+from models.networks import TOTAL_PARAMS
+from rundir import flagfile
+from training import summaries
+from training.checkpoints import Checkpointer, NonFiniteWeightsError
+from training.config import RESUMABLE_FLAGS, STRUCTURAL_FLAGS, TrainConfig
+from training.cyclegan import NETWORKS, CycleGAN
+
+DESIGN_FILTERS = 64  # the published networks' first-level width: TOTAL_PARAMS parameters
+
+
+class TrainingError(Exception):
+    """A reason to stop that the user can act on; its message is one line."""
+
+
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM stopped the run after a checkpoint; exits 128 + the signal's number, as shells do."""
+
+    def __init__(self, signal_name: str, step: int, path: str):
+        super().__init__(f"{signal_name} at step {step}; saved {path}; run the same command to resume")
+        self.exit_code = 128 + signal.Signals[signal_name].value
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The run's length in steps, and where the learning-rate decay starts."""
+
+    steps_per_epoch: int
+    epochs: int
+    decay_start: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+class StopRequest:
+    """While active, Ctrl-C and SIGTERM only set a flag; the loop saves and stops between steps."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._request)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _request(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+
+# ---------------------------------------------------------------- setup
+
+def flag_changes(logdir: str, config: TrainConfig) -> dict[str, tuple[str, str]]:
+    """The flags that differ from the run saved in `logdir` (name -> (saved, now)).
+
+    Raises TrainingError when a flag that is fixed for the life of a run changed: structural ones
+    shape the checkpoint, the others decide what the run learns from and how.
+    """
+    saved = flagfile.load(logdir)
+    if not saved:
+        return {}
+    now = {name: flagfile.as_text(value) for name, value in config.as_flags().items() if value is not None}
+    changes = {name: (saved.get(name, "(unset)"), now.get(name, "(unset)"))
+               for name in now.keys() | saved.keys() if saved.get(name) != now.get(name)}
+    fixed = {name: change for name, change in changes.items() if name not in RESUMABLE_FLAGS}
+    if fixed:
+        listed = ", ".join(f"--{name}={was} (now {new})" for name, (was, new) in sorted(fixed.items()))
+        kind = "checkpoints cannot" if fixed.keys() & set(STRUCTURAL_FLAGS) else "run cannot"
+        raise TrainingError(f"{logdir} holds a run with {listed}; its {kind} resume with other values: use another "
+                            "--logdir or the same flags")
+    return changes
+
+
+def configure_tensorflow(config: TrainConfig) -> bool:
+    """Seeds, determinism and precision; returns whether the step is compiled with XLA."""
+    tf.keras.utils.set_random_seed(config.run.seed)
+    if config.run.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.keras.mixed_precision.set_global_policy(config.model.precision)
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    return {"true": True, "false": False, "auto": on_gpu}[config.model.xla]
+
+
+# ---------------------------------------------------------------- input
+
+@dataclasses.dataclass
+class TrainingData:
+    slices_a: np.ndarray  # [N, 256, 256] T1 in [0, 1]
+    slices_b: np.ndarray  # [M, 256, 256] T2 in [0, 1]
+    samples: list  # (T1, T2) slices shown in TensorBoard each epoch
+
+
+def load_data(config: TrainConfig) -> TrainingData:
+    """The training slices of both domains, and the fixed summary samples (test pairs when there are any)."""
+    spec = config.data
+    try:
+        train_a, train_b = datasets.training_slices(spec)
+        try:
+            samples = datasets.test_pairs(spec)[: config.run.summary_images]
+        except (ValueError, readers.BadFileError):
+            samples = list(zip(train_a, train_b))[: config.run.summary_images]
+    except (ValueError, readers.BadFileError) as error:
+        raise TrainingError(str(error)) from error
+    logging.info("data: %d T1 and %d T2 training slices (%s)", len(train_a), len(train_b),
+                 "synthetic phantoms" if spec.synthetic else "files")
+    return TrainingData(datasets.stack(train_a), datasets.stack(train_b), samples)
+
+
+def make_plan(config: TrainConfig, data: TrainingData) -> Plan:
+    run = config.run
+    steps_per_epoch = run.steps_per_epoch or max(len(data.slices_a), len(data.slices_b)) // run.batch_size
+    if steps_per_epoch < 1:
+        raise TrainingError(f"fewer slices than --batch_size={run.batch_size}")
+    decay_epoch = run.epochs // 2 if run.decay_epoch is None else min(run.decay_epoch, run.epochs)
+    return Plan(steps_per_epoch, run.epochs, decay_epoch * steps_per_epoch)
+
+
+def epoch_batches(config: TrainConfig, data: TrainingData, epoch: int, skip: int):
+    """The epoch's batches from `skip` on: the same for a resumed run as for an uninterrupted one."""
+    dataset = pipeline.unpaired_dataset(data.slices_a, data.slices_b, config.run.batch_size, config.run.seed,
+                                        config.augment, epoch, skip)
+    return iter(dataset)
+
+
+# ---------------------------------------------------------------- model
+
+def build_model(config: TrainConfig, plan: Plan, filters: int = DESIGN_FILTERS) -> tuple[CycleGAN, dict[str, int]]:
+    """The CycleGAN and its parameter count per network; the design's width must give TOTAL_PARAMS."""
+    model = CycleGAN(config.model, plan.total_steps, plan.decay_start, config.run.seed, filters)
+    counts = {name: model.network(name).count_params() for name in NETWORKS}
+    counts["total"] = sum(counts.values())
+    if filters == DESIGN_FILTERS and counts["total"] != TOTAL_PARAMS:
+        raise TrainingError(f"the networks have {counts['total']:,} parameters, the design {TOTAL_PARAMS:,}: "
+                            f"models/networks.py changed ({counts})")
+    return model, counts
+
+
+# ---------------------------------------------------------------- checkpoint
+
+def restore_or_start(checkpointer: Checkpointer) -> bool:
+    """Restores the newest checkpoint if there is one; returns whether it did."""
+    try:
+        return checkpointer.restore_latest()
+    except (tf.errors.OpError, ValueError, AssertionError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise TrainingError(f"cannot resume from {checkpointer.manager.latest_checkpoint}: {reason}") from error
+
+
+def save_checkpoint(checkpointer: Checkpointer, logdir: str) -> str:
+    """Saves the state at the current step (once per step); the previous checkpoint stays intact on failure."""
+    step = int(checkpointer.model.step)
+    if checkpointer.last_saved_step == step:
+        return checkpointer.manager.latest_checkpoint
+    try:
+        return checkpointer.save()
+    except NonFiniteWeightsError as error:
+        raise TrainingError(str(error)) from error
+    except (OSError, tf.errors.OpError) as error:  # a full disk, say
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise TrainingError(f"cannot write a checkpoint at step {step} in {logdir}: {reason}") from error
+
+
+# ---------------------------------------------------------------- summaries
+
+def write_run_description(writer, config: TrainConfig, param_counts: dict[str, int]) -> None:
+    with writer.as_default(step=0):
+        tf.summary.text("flags", summaries.markdown_table(config.as_flags()))
+        tf.summary.text("parameters", summaries.markdown_table({k: f"{v:,}" for k, v in param_counts.items()}))
+
+
+def write_images(writer, model: CycleGAN, samples: list, step: int) -> None:
+    """Input | translated | reconstructed grids of the fixed samples, both directions."""
+    if not samples:
+        return
+    for name, direction in DIRECTIONS.items():
+        sources = datasets.stack([pair[direction.source_index] for pair in samples])
+        images = preprocess.to_network(sources)[..., None]
+        forward = model.network(direction.generator)
+        back = model.network(DIRECTIONS[direction.reverse].generator)
+        with writer.as_default(step=step):
+            tf.summary.image(name, summaries.translation_grid(forward, back, images))
+
+
+def write_scalars(writer, step: int, step_losses: dict[str, float], lr: float, steps_per_second: float) -> None:
+    with writer.as_default(step=step):
+        for name, value in step_losses.items():
+            tf.summary.scalar(f"loss/{name}", value)
+        tf.summary.scalar("learning_rate", lr)
+        tf.summary.scalar("steps_per_second", steps_per_second)
+
+
+# ---------------------------------------------------------------- update step
+
+def check_finite(step: int, step_losses: dict[str, float]) -> None:
+    """Stops loudly at the first non-finite loss, naming the step and the terms; nothing is saved for it."""
+    bad = [name for name, value in step_losses.items() if not math.isfinite(value)]
+    if bad:
+        logging.error("non-finite loss at step %d: %s", step, ", ".join(f"{n}={step_losses[n]}" for n in bad))
+        raise TrainingError(f"training diverged at step {step} ({', '.join(bad)} not finite); "
+                            "no checkpoint written for it")
+
+
+# ---------------------------------------------------------------- loop
+
+@dataclasses.dataclass
+class Run:
+    """What the loop works on; built once by `train`."""
+
+    config: TrainConfig
+    logdir: str
+    plan: Plan
+    data: TrainingData
+    model: CycleGAN
+    checkpointer: Checkpointer
+    writer: object
+    train_step: object
+
+
+def run_epoch(run: Run, epoch: int, stop: StopRequest) -> dict[str, float]:
+    """Trains from the current step to the end of `epoch`; returns the last step's losses."""
+    config, plan, model = run.config, run.plan, run.model
+    step = int(model.step)
+    # A live bar on a terminal; one line per epoch in a log file.
+    progress = tf.keras.utils.Progbar(plan.steps_per_epoch, stateful_metrics=["lr"],
+                                      verbose=1 if sys.stdout.isatty() else 2)
+    done_in_epoch = step - epoch * plan.steps_per_epoch
+    progress.update(done_in_epoch)
+    batches = epoch_batches(config, run.data, epoch, done_in_epoch)
+    tick, tick_step = time.perf_counter(), step
+    step_losses = {}
+    while step < (epoch + 1) * plan.steps_per_epoch:
+        if stop.signal:
+            path = save_checkpoint(run.checkpointer, run.logdir)
+            run.writer.flush()
+            raise Stopped(stop.signal, step, path)
+        lr = float(model.learning_rate())
+        real_a, real_b = next(batches)
+        step_losses = {name: float(value) for name, value in run.train_step(real_a, real_b).items()}
+        step += 1
+        check_finite(step, step_losses)
+        if step % config.run.log_every_steps == 0 or step == plan.total_steps:
+            now = time.perf_counter()
+            write_scalars(run.writer, step, step_losses, lr, (step - tick_step) / max(now - tick, 1e-9))
+            tick, tick_step = now, step
+        progress.update(step - epoch * plan.steps_per_epoch, [("lr", lr)] + list(step_losses.items()))
+        if config.run.save_every_steps and step % config.run.save_every_steps == 0:
+            save_checkpoint(run.checkpointer, run.logdir)
+    return step_losses
+
+
+def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> int:
+    """Trains (or resumes) the run in `logdir` to the planned step; returns the final step.
+
+    Raises TrainingError (one line) for what the user can fix, and Stopped after Ctrl-C/SIGTERM.
+    """
+    # ------------------------------------------------------------ setup
+    try:
+        os.makedirs(logdir, exist_ok=True)
+    except OSError as error:
+        raise TrainingError(f"--logdir={logdir}: {error.strerror or error}") from error
+    changes = flag_changes(logdir, config)
+    xla = configure_tensorflow(config)
+
+    # ------------------------------------------------------------ input
+    data = load_data(config)
+    plan = make_plan(config, data)
+    logging.info("%d steps per epoch, %d in all", plan.steps_per_epoch, plan.total_steps)
+
+    # ------------------------------------------------------------ model
+    model, param_counts = build_model(config, plan, filters)
+
+    # ------------------------------------------------------------ checkpoint
+    checkpointer = Checkpointer(model, logdir, max_to_keep=config.run.keep_checkpoints)
+    resumed = restore_or_start(checkpointer)
+    start = int(model.step)
+    if start >= plan.total_steps:
+        logging.info("nothing to do: step %d already reaches the planned %d steps", start, plan.total_steps)
+        return start
+    if changes:
+        logging.warning("resuming with %s", ", ".join(f"--{n}={new} (was {was})" for n, (was, new) in
+                                                      sorted(changes.items())))
+        flagfile.record_changes(logdir, start, changes)
+    flagfile.save(logdir, config.as_flags())
+
+    # ------------------------------------------------------------ summaries
+    writer = tf.summary.create_file_writer(logdir)
+    if not resumed:
+        write_run_description(writer, config, param_counts)
+
+    # ------------------------------------------------------------ update step
+    train_step = model.compiled_step(xla)
+    logging.info("step %s XLA, precision %s, %s parameters", "with" if xla else "without", config.model.precision,
+                 f"{param_counts['total']:,}")
+    run = Run(config, logdir, plan, data, model, checkpointer, writer, train_step)
+
+    # ------------------------------------------------------------ loop
+    with StopRequest() as stop:
+        for epoch in range(start // plan.steps_per_epoch, plan.epochs):
+            logging.info("epoch %d/%d (learning rate %.3g)", epoch + 1, plan.epochs, float(model.learning_rate()))
+            step_losses = run_epoch(run, epoch, stop)
+            path = save_checkpoint(checkpointer, logdir)
+            write_images(writer, model, data.samples, int(model.step))
+            writer.flush()
+            logging.info("epoch %d done at step %d; %s | %s", epoch + 1, int(model.step), path,
+                         " ".join(f"{name}={value:.4f}" for name, value in step_losses.items()))
+    writer.close()
+    logging.info("finished: %d steps in %s", int(model.step), logdir)
+    return int(model.step)
