@@ -14,6 +14,8 @@ from training import config
 
 FLAGS = flags.FLAGS
 config.define_flags()
+for name in config.FLAG_NAMES:  # listed by --help, not only --helpfull
+    flags.declare_key_flag(name)
 flags.DEFINE_string("logdir", "runs/", "Run directory: checkpoints, TensorBoard events and the saved flags.")
 
 

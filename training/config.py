@@ -87,5 +87,6 @@ def define_flags() -> None:
     data.flags.define_augment_flags()
 
 
+FLAG_NAMES = tuple(name for kind in CONFIGS for name in config.flag_names(kind))
 STRUCTURAL_FLAGS = tuple(name for kind in CONFIGS for name in config.structural_flags(kind))
 RESUMABLE_FLAGS = tuple(name for kind in CONFIGS for name in config.resumable_flags(kind))
