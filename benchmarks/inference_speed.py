@@ -1,12 +1,17 @@
-"""Times one 256x256 slice through each export of export.py: SavedModel and TFLite float32/float16.
+"""Times one 256x256 slice through each export of export.py, and translate.py's per-volume path.
 
   python export.py --logdir=runs/ --output_dir=exported/ --direction=t1_to_t2
   python benchmarks/inference_speed.py --output_dir=exported/ --direction=t1_to_t2 --repeats=20
 
-Warm-up calls are excluded; the median and the minimum over --repeats single-slice calls are reported.
+Warm-up calls are excluded; the median and the minimum over --repeats single-slice calls are reported
+for the SavedModel and TFLite float32/float16. Then translate.py's own path (models/translation.py:
+normalise, canvas, network, restore) runs on a phantom volume of --volume_slices slices through the
+SavedModel at each --batch_sizes, reported as milliseconds per slice (median over --volume_repeats).
 """
 
+import contextlib
 import functools
+import io
 import os
 import statistics
 import sys
@@ -23,6 +28,11 @@ flags.DEFINE_enum("direction", "t1_to_t2", ["t1_to_t2", "t2_to_t1"], "Which expo
 flags.DEFINE_integer("repeats", 20, "Timed calls per artifact.", lower_bound=1)
 flags.DEFINE_integer("warmup", 3, "Untimed calls first (tracing, allocation, caches).", lower_bound=1)
 flags.DEFINE_integer("threads", os.cpu_count(), "TFLite interpreter threads (TensorFlow uses all cores).",
+                     lower_bound=1)
+flags.DEFINE_list("batch_sizes", ["1", "8"], "translate.py --batch_size values to time on a volume.")
+flags.DEFINE_integer("volume_slices", 16, "Slices of the phantom volume timed through translate.py's path.",
+                     lower_bound=1)
+flags.DEFINE_integer("volume_repeats", 3, "Timed translations of the volume per batch size (after one warm-up).",
                      lower_bound=1)
 FLAGS = flags.FLAGS
 
@@ -78,6 +88,25 @@ def main(argv):
         load_seconds = time.perf_counter() - start
         report(f"TFLite {os.path.basename(path)} ({FLAGS.threads} threads)", load_seconds,
                seconds_per_call(functools.partial(runner, images=image)))
+
+    from data import readers
+    from models import inference, translation
+
+    t1, t2 = phantom.paired_test(FLAGS.volume_slices)
+    volume = readers.Volume("phantom", "nifti", (t1 if FLAGS.direction == "t1_to_t2" else t2) * np.float32(1000.0),
+                            "phantom", {})
+    generator = inference.from_saved_model(os.path.join(FLAGS.output_dir, FLAGS.direction))
+    for batch_size in map(int, FLAGS.batch_sizes):
+        translate = functools.partial(translation.translate_volume, generator, volume, 0.0, batch_size)
+        times = []
+        with contextlib.redirect_stdout(io.StringIO()):  # translate_volume's progress bar
+            translate()
+            for _ in range(FLAGS.volume_repeats):
+                start = time.perf_counter()
+                translate()
+                times.append(time.perf_counter() - start)
+        print(f"translate.py path, --batch_size={batch_size}: {statistics.median(times) / len(t1) * 1e3:.0f} ms/slice "
+              f"median over {len(times)} translations of a {len(t1)}-slice volume", flush=True)
 
 
 if __name__ == "__main__":

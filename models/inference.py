@@ -1,7 +1,7 @@
 """A trained generator as a plain function, from a checkpoint or an exported SavedModel.
 
-translate.py, evaluate.py and export.py go through here. Loading a SavedModel imports no
-training code, so an exported model works without the research code.
+translate.py, evaluate.py and export.py go through here. Loading a SavedModel imports neither
+training code nor the network definitions, so an exported model works without the research code.
 """
 
 import json
@@ -13,7 +13,6 @@ import tensorflow as tf
 
 from data import preprocess
 from models.directions import DIRECTIONS
-from models.networks import build_generator
 from rundir.checkpoints import latest_checkpoint
 
 Generator = Callable[[np.ndarray], np.ndarray]
@@ -31,6 +30,8 @@ def restore_generators(checkpoint_path: str) -> tuple[dict[str, tf.keras.Model],
     file are ignored (expect_partial). Raises ValueError with a one-line reason for a truncated
     or corrupt checkpoint.
     """
+    from models.networks import build_generator  # here, so that loading a SavedModel needs no network code
+
     networks = {name: build_generator(d.generator) for name, d in DIRECTIONS.items()}
     step = tf.Variable(0, dtype=tf.int64, name="step")
     objects = {DIRECTIONS[name].generator: network for name, network in networks.items()}

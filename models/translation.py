@@ -1,0 +1,145 @@
+"""translate.py's library: volumes translated by a generator and written back in their own format and grid.
+
+NIfTI and DICOM are written in the input's intensity scale, images as their [0, 1] values in
+16-bit PNG; a folder --output mirrors the inputs' relative paths. See docs/translate.md.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from data import datasets, preprocess, readers, writers
+from models import inference
+from models.directions import DIRECTIONS
+
+# An output names a file (not a folder) when it ends in one of these; the input must then be one such volume.
+FILE_OUTPUT_SUFFIXES = {"nifti": readers.NIFTI_SUFFIXES, "image": (".png",)}
+
+
+def translate_volume(generator: inference.Generator, volume: readers.Volume, min_foreground: float,
+                     batch_size: int) -> tuple[np.ndarray, int]:
+    """The volume's slices translated, in [0, 1] on their original grid, and how many were translated.
+
+    Slices with less than `min_foreground` foreground stay 0: air stays air, where a
+    network fed an empty slice would invent texture.
+    """
+    slices = datasets.volume_slices(volume, min_foreground)
+    unit = np.zeros(volume.data.shape, np.float32)
+    progress = tf.keras.utils.Progbar(len(slices), unit_name="slice") if len(volume.data) > 1 else None
+    for start in range(0, len(slices), batch_size):
+        batch = slices[start : start + batch_size]
+        for item, canvas in zip(batch, inference.translate_canvases(generator, datasets.stack(batch), batch_size)):
+            unit[item.index] = preprocess.from_canvas(canvas, item.geometry)
+        if progress:
+            progress.add(len(batch))
+    return unit, len(slices)
+
+
+def output_paths(volumes: list[readers.Volume], input_spec: str, output: str) -> list[str]:
+    """Where each volume's translation goes (a folder for a DICOM series); refuses collisions and overwriting.
+
+    A folder `output` mirrors the inputs' paths relative to `input_spec` (or, for a file or glob,
+    to the folder the inputs share).
+    """
+    kinds = {kind for kind, suffixes in FILE_OUTPUT_SUFFIXES.items() if output.lower().endswith(suffixes)}
+    if kinds:
+        if len(volumes) != 1 or volumes[0].kind not in kinds:
+            found = ", ".join(sorted({v.kind for v in volumes}))
+            raise ValueError(f"--output={output} names one {kinds.pop()} file, but --input={input_spec} gives "
+                             f"{len(volumes)} volume(s) ({found}); give a folder")
+        targets = [output]
+    else:
+        root = os.path.expanduser(input_spec)
+        if not os.path.isdir(root):
+            root = os.path.commonpath([_source_location(v) if v.kind == "dicom" else os.path.dirname(v.path)
+                                       for v in volumes])
+        targets = [os.path.normpath(os.path.join(output, _mirrored_name(v, root))) for v in volumes]
+    written_from = {}
+    for volume, target in zip(volumes, targets):
+        if os.path.realpath(target) == os.path.realpath(_source_location(volume)):
+            raise ValueError(f"{volume.path}: the output would overwrite this input; choose another --output")
+        if target in written_from and volume.kind != "dicom":  # series sharing a folder keep their file names
+            raise ValueError(f"{written_from[target]} and {volume.path} would both be written to {target}")
+        written_from[target] = volume.path
+    return targets
+
+
+def _source_location(volume: readers.Volume) -> str:
+    """What a volume's output mirrors: its file, or for DICOM the folder of its files."""
+    return writers.dicom_series_folder(volume) if volume.kind == "dicom" else volume.path
+
+
+def _mirrored_name(volume: readers.Volume, root: str) -> str:
+    """NIfTI and DICOM keep their relative path (a series: its folder's); an image becomes <stem>.png."""
+    relative = os.path.relpath(_source_location(volume), root)
+    if volume.kind == "image":
+        return os.path.join(os.path.dirname(relative), readers.file_stem(relative) + ".png")
+    return relative
+
+
+def write_translation(volume: readers.Volume, unit: np.ndarray, target: str, direction: str) -> None:
+    """NIfTI and DICOM get values in the input's intensity scale; images their [0, 1] values as 16-bit PNG."""
+    source, result = DIRECTIONS[direction].source, DIRECTIONS[direction].result
+    in_input_scale = unit * np.float32(preprocess.intensity_scale(volume.data))
+    if volume.kind == "nifti":
+        writers.write_nifti(volume, in_input_scale, target, f"synthetic {result} from {source} by mri-cyclegan, "
+                                                            "research use only")
+    elif volume.kind == "dicom":
+        writers.write_dicom_series(volume, in_input_scale, target,
+                                   f"SYNTHETIC {result} from {source} (mri-cyclegan, research use)")
+    elif len(unit) == 1:
+        writers.write_png16(unit[0], target)
+    else:  # a multi-page TIFF: one PNG per page
+        for page, image in enumerate(unit):
+            writers.write_png16(image, f"{os.path.splitext(target)[0]}_page{page:03d}.png")
+
+
+def check_model_direction(model: str, direction: str) -> None:
+    """Refuses a SavedModel whose export card names the other direction; warns when there is no card."""
+    exported = inference.exported_direction(model)
+    if exported is None:
+        logging.warning("no model card %s: cannot check that %s translates %s", inference.card_path(model), model,
+                        direction)
+    elif exported != direction:
+        raise ValueError(f"--model={model} translates {exported} (its card {inference.card_path(model)}), "
+                         f"not --direction={direction}")
+
+
+def load_generator(direction: str, model: str | None, logdir: str) -> inference.Generator:
+    """The exported generator at `model`, else the `direction` generator of `logdir`'s newest checkpoint."""
+    source = model or logdir
+    try:
+        if model:
+            generator = inference.from_saved_model(model)
+        else:
+            generators, step = inference.from_checkpoint(logdir)
+            generator = generators[direction]
+    except (tf.errors.OpError, IndexError) as error:  # TensorFlow's errors for a truncated or corrupt SavedModel
+        raise ValueError(f"{source}: unreadable model ({type(error).__name__}: {error})") from error
+    logging.info("generator %s from %s", direction, f"SavedModel {source}" if model
+                 else f"checkpoint of step {step} in {source}")
+    return generator
+
+
+def translate(direction: str, input_spec: str, output: str, model: str | None, logdir: str, on_bad_file: str,
+              min_foreground: float, batch_size: int) -> int:
+    """Translates every volume `input_spec` names into `output`; returns how many were written.
+
+    Cheap refusals (a card naming the other direction, unreadable inputs, output collisions)
+    come before the model is loaded. Raises readers.BadFileError, OSError or ValueError, each
+    with a one-line message naming the file.
+    """
+    if model:
+        check_model_direction(model, direction)  # before reading any volume
+    volumes = readers.read_path(input_spec, on_bad_file)
+    targets = output_paths(volumes, input_spec, output)
+    generator = load_generator(direction, model, logdir)
+    for volume, target in zip(volumes, targets):
+        unit, translated = translate_volume(generator, volume, min_foreground, batch_size)
+        write_translation(volume, unit, target, direction)
+        skipped = len(unit) - translated
+        logging.info("wrote %s from %s%s", target, volume.path,
+                     f" ({skipped} of {len(unit)} slices below --min_foreground written as 0)" if skipped else "")
+    return len(volumes)
