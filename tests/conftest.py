@@ -1,5 +1,6 @@
 """Shared fixtures: the real MRI folder next to the repository, NIfTI writing and absl warnings."""
 
+import inspect
 import logging
 from pathlib import Path
 
@@ -47,3 +48,16 @@ def trained_run(tmp_path_factory) -> str:
     result = script("train.py", "--epochs=1", "--steps_per_epoch=1", f"--logdir={logdir}", *QUICK)
     assert result.returncode == 0, result.stderr[-3000:]
     return logdir
+
+
+# Fixtures that train or start processes: a test using one belongs to the slow tier.
+SLOW_FIXTURES = {"trained_run", "standin_run", "standin_model", "exported", "references", "run_with_data_dir"}
+
+
+def pytest_collection_modifyitems(items):
+    """Marks `slow` every test that starts a process (script, Popen) or uses a fixture that does, so that
+    `pytest -m "not slow"` is the quick development loop; the README's command still runs everything."""
+    for item in items:
+        source = inspect.getsource(item.function)
+        if SLOW_FIXTURES & set(item.fixturenames) or "script(" in source or "Popen(" in source:
+            item.add_marker(pytest.mark.slow)
