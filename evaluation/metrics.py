@@ -10,9 +10,10 @@ Definitions (chosen to match scikit-image, which is only a test dependency):
   K1 0.01, K2 0.03, population (co)variances; the SSIM map is averaged over the pixels at
   least 5 px from the border, where the window fits. This equals skimage's
   ``structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-  data_range=1)`` (which crops 5 px of its reflect-filtered map) to ~1e-14, and
-  ``tf.image.ssim(..., max_val=1)`` ('valid' filtering, float32) to ~1e-5. It is implemented
-  in NumPy so evaluation does not pay TensorFlow's start-up or float32 rounding.
+  data_range=1)`` (which crops 5 px of its reflect-filtered map) to a relative 1e-12 (float64
+  sums in another order), and ``tf.image.ssim(..., max_val=1)`` ('valid' filtering, float32) to
+  an absolute 2e-5; tests/test_metrics.py checks both on synthetic and real slices. It is
+  implemented in NumPy so evaluation does not pay TensorFlow's start-up or float32 rounding.
 * psnr: 10 log10(1 / mse), capped at 100 dB by flooring mse at 1e-10, so identical images
   give exactly 100 dB and aggregates stay finite.
 * mae, mse: mean absolute / squared error.

@@ -1,75 +1,132 @@
-"""evaluate.py end to end: the run's own synthetic test split, and 16-bit PNG folders checked with scikit-image."""
+"""evaluate.py end to end, its values checked against scikit-image and an independent forward pass of the
+checkpoint's generators: the run's synthetic test split, 16-bit PNG folders and each --data_dir layout."""
 
+import csv
 import json
-import math
 import os
 import shutil
 
 import numpy as np
 import pytest
+import skimage.metrics as skimage_metrics  # a dev dependency: missing means a broken install, a failure
+import tensorflow as tf
 from PIL import Image
 
-from data import phantom
+from data import layouts, phantom
+from evaluation import protocol, report
+from models.networks import build_generator
+from rundir import flagfile
 from tests.helpers import checkpoint_step, script, summaries
 
-skimage_metrics = pytest.importorskip("skimage.metrics")
-
 DIRECTIONS = ("t1_to_t2", "t2_to_t1")
+CYCLES = {"t1_to_t2": "t1_cycle", "t2_to_t1": "t2_cycle"}
+ALL_METRICS = "ssim,psnr,mae,mse,nrmse"
+CANVAS = 256
+# The trained_run's test split (QUICK: --synthetic_test_subjects=2, seed 0), one slice per subject.
+SYNTHETIC_TEST_SUBJECTS = 2
+# Per-slice agreement of evaluate.py with the references here, which normalise in float64 (the
+# pipeline in float32) and run the generators eagerly (evaluate.py in a tf.function). SSIM lies in
+# [-1, 1] and is often near 0 here (untrained generators), so its error is absolute; the others are
+# relative. Measured over the synthetic, PNG and NIfTI-layout tests: SSIM at most 5.9e-8 absolute,
+# the others at most 1.9e-7 relative (MSE of a padded 64 px slice).
+TOLERANCE = {"ssim": {"abs": 3e-7}, **{metric: {"rel": 1e-6} for metric in ("psnr", "mae", "mse", "nrmse")}}
+# Metrics recomputed from the saved 16-bit PNG predictions, which are off by up to 0.5 / 65535 per
+# pixel: measured SSIM at most 1.6e-7 absolute, the others at most 1.9e-7 relative.
+PNG16_TOLERANCE = {**TOLERANCE, "ssim": {"abs": 8e-7}}
+# The saved PNG against the eager forward pass: half a 16-bit level, plus the tf.function difference
+# (measured 0.054 levels, 8.2e-7).
+PNG16_ATOL = 0.5 / 65535 + 2e-6
+# float32 TensorBoard scalars: rounding to nearest is within 2^-24 (6e-8) relative.
+FLOAT32_RTOL = 1e-7
 # Per test subject: the image size (smaller, equal to and larger than the 256 canvas) and the uint16
 # peak of its T1 and T2 PNGs, so the per-image normalisation has different ranges to undo.
 SIZES = ((200, 230), (256, 256), (288, 270))
 PEAKS = ((1000, 30000), (65535, 4000), (12000, 20000))
-TOLERANCE = 1e-3
+# NIfTI layouts: two subjects with this many non-empty axial slices (plus one empty slice the
+# foreground filter drops), so the pair count tells which subject is the test split.
+NONEMPTY_SLICES = (3, 2)
+VOLUME_SIDE = 64  # phantom slices downsampled 4x: the canvas padding is exercised
+T1_PEAK, T2_PEAK = 800.0, 2500.0
 
 
-def fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Centre-crop or zero-pad to height x width."""
-    out = np.zeros((height, width), image.dtype)
-    h, w = min(height, image.shape[0]), min(width, image.shape[1])
-    top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
-    out_top, out_left = (height - h) // 2, (width - w) // 2
-    out[out_top : out_top + h, out_left : out_left + w] = image[top : top + h, left : left + w]
-    return out
-
-
-def write_png_pairs(folder, same_contrast: bool = False) -> tuple[str, str]:
-    """testA/caseN.png (T1) and testB/caseN.png (T2, or a copy of T1) as 16-bit PNGs."""
-    t1, t2 = phantom.paired_test(len(SIZES))
-    dir_a, dir_b = folder / "testA", folder / "testB"
-    dir_a.mkdir()
-    dir_b.mkdir()
-    for i, (a, b, size, peaks) in enumerate(zip(t1, t2, SIZES, PEAKS)):
-        for image, directory, peak in ((a, dir_a, peaks[0]), (b, dir_b, peaks[1])):
-            raw = np.round(fit(image, *size) / image.max() * peak).astype(np.uint16)
-            Image.fromarray(raw).save(directory / f"case{i}.png")
-    if same_contrast:
-        shutil.rmtree(dir_b)
-        shutil.copytree(dir_a, dir_b)
-    return str(dir_a), str(dir_b)
-
-
-def read_png(path) -> np.ndarray:
-    return np.asarray(Image.open(path), dtype=np.float64)
+# ------------------------------------------------------------------ references, written independently
 
 
 def normalise(raw: np.ndarray) -> np.ndarray:
-    """The protocol's normalisation, written independently of data/preprocess.py."""
-    raw = np.maximum(raw, 0)
+    """The protocol's normalisation, written independently of data/preprocess.py (float64)."""
+    raw = np.maximum(np.asarray(raw, np.float64), 0)
     return np.clip(raw / np.percentile(raw[raw > 0], 99.5), 0, 1)
 
 
-def skimage_values(target: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+def reference_metrics(target: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    target, prediction = np.asarray(target, np.float64), np.asarray(prediction, np.float64)
     return {
         "ssim": skimage_metrics.structural_similarity(target, prediction, gaussian_weights=True, sigma=1.5,
                                                       use_sample_covariance=False, data_range=1),
         "psnr": skimage_metrics.peak_signal_noise_ratio(target, prediction, data_range=1),
         "mae": float(np.mean(np.abs(target - prediction))),
+        "mse": skimage_metrics.mean_squared_error(target, prediction),
+        "nrmse": skimage_metrics.normalized_root_mse(target, prediction),
     }
 
 
-def mean_values(pairs) -> dict[str, float]:
-    values = [skimage_values(target, prediction) for target, prediction in pairs]
-    return {name: float(np.mean([v[name] for v in values])) for name in values[0]}
+def assert_rows_match(rows: list[dict], expected: list[tuple[np.ndarray, np.ndarray]], tolerance: dict, what: str):
+    """Each CSV row's metrics equal the reference metrics of its (target, prediction), to tolerance[metric]."""
+    assert len(rows) == len(expected), what
+    for row, (target, prediction) in zip(rows, expected):
+        for metric, value in reference_metrics(target, prediction).items():
+            assert float(row[metric]) == pytest.approx(value, **tolerance[metric]), (what, row["slice"], metric)
+
+
+def pad_to_canvas(image: np.ndarray) -> np.ndarray:
+    """Zero-pad a slice of at most 256 px a side to the centre of the canvas."""
+    canvas = np.zeros((CANVAS, CANVAS), np.float32)
+    top, left = (CANVAS - image.shape[0]) // 2, (CANVAS - image.shape[1]) // 2
+    canvas[top : top + image.shape[0], left : left + image.shape[1]] = image
+    return canvas
+
+
+def crop_from_canvas(canvas: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    top, left = (CANVAS - shape[0]) // 2, (CANVAS - shape[1]) // 2
+    return canvas[top : top + shape[0], left : left + shape[1]]
+
+
+def run_generator(generator, canvas: np.ndarray) -> np.ndarray:
+    """A [0, 1] canvas through a Keras generator ([-1, 1] in and out), back to [0, 1]."""
+    signed = generator(np.asarray(canvas, np.float32)[np.newaxis, ..., np.newaxis] * 2 - 1, training=False)
+    return np.clip((signed.numpy()[0, ..., 0] + 1) / 2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_generators(trained_run) -> dict:
+    """The checkpoint's G (T1 -> T2) and F (T2 -> T1), restored by their names in the file, not via models.inference."""
+    generator_g, generator_f = build_generator("g"), build_generator("f")
+    path = tf.train.latest_checkpoint(os.path.join(trained_run, "checkpoints"))
+    tf.train.Checkpoint(generator_g=generator_g, generator_f=generator_f).restore(path).expect_partial() \
+        .assert_existing_objects_matched()
+    return {"t1_to_t2": generator_g, "t2_to_t1": generator_f}
+
+
+def synthetic_test_split() -> dict[str, list[np.ndarray]]:
+    """The trained_run's paired test slices (256 x 256, so canvas = original grid), per source contrast."""
+    t1, t2 = phantom.paired_test(SYNTHETIC_TEST_SUBJECTS, 0)
+    return {"t1_to_t2": [normalise(image) for image in t1], "t2_to_t1": [normalise(image) for image in t2]}
+
+
+def expected_comparisons(generators: dict, slices: dict, direction: str) -> dict[str, list]:
+    """Evaluation name -> (target, prediction) per slice: G or F, the identity baseline and the cycle."""
+    reverse = DIRECTIONS[1 - DIRECTIONS.index(direction)]
+    sources, targets = slices[direction], slices[reverse]
+    translated = [run_generator(generators[direction], source) for source in sources]
+    reconstructed = [run_generator(generators[reverse], canvas) for canvas in translated]
+    return {
+        direction: list(zip(targets, translated)),
+        f"baseline_identity/{direction}": list(zip(targets, sources)),
+        CYCLES[direction]: list(zip(sources, reconstructed)),
+    }
+
+
+# ------------------------------------------------------------------ running evaluate.py and reading what it wrote
 
 
 def evaluate(*args: str):
@@ -83,52 +140,153 @@ def load_report(output_dir) -> dict:
         return json.load(f)
 
 
-def test_defaults_evaluate_the_runs_synthetic_test_split(trained_run):
-    result = evaluate("--metrics", "ssim,psnr", f"--logdir={trained_run}")
-    for row in ("t1_to_t2", "t2_to_t1", "baseline_identity/t1_to_t2", "baseline_identity/t2_to_t1", "t1_cycle",
-                "t2_cycle"):
-        assert any(line.startswith(row + " ") and "±" in line for line in result.stdout.splitlines()), result.stdout
+def csv_rows(output_dir) -> dict[str, list[dict]]:
+    """metrics.csv rows grouped by evaluation name, in file order."""
+    grouped = {}
+    with open(os.path.join(output_dir, "metrics.csv"), newline="") as f:
+        for row in csv.DictReader(f):
+            grouped.setdefault(row["direction"], []).append(row)
+    return grouped
+
+
+def read_png(path) -> np.ndarray:
+    return np.asarray(Image.open(path), dtype=np.float64)
+
+
+# ------------------------------------------------------------------ the run's own synthetic test split
+
+
+def test_defaults_evaluate_the_runs_synthetic_test_split(trained_run, checkpoint_generators):
+    result = evaluate("--metrics", ALL_METRICS, f"--logdir={trained_run}")
     output_dir = os.path.join(trained_run, "eval")
-    report = load_report(output_dir)
     step = checkpoint_step(trained_run)
-    assert report["checkpoint_step"] == step
-    models = {name: report[name] for name in (*DIRECTIONS, "t1_cycle", "t2_cycle")}
-    baselines = {f"baseline_identity/{d}": report["baseline_identity"][d] for d in DIRECTIONS}
+    report_json = load_report(output_dir)
+    assert report_json["checkpoint_step"] == step
+    assert report_json["data"] == {"test": "synthetic phantoms: 2 test subjects, seed 0", "pairs": 2, "subjects": 2}
+
+    slices = synthetic_test_split()
+    expected = {name: pairs for d in DIRECTIONS for name, pairs in expected_comparisons(checkpoint_generators,
+                                                                                         slices, d).items()}
+    rows = csv_rows(output_dir)
+    assert list(rows) == ["t1_to_t2", "baseline_identity/t1_to_t2", "t1_cycle",
+                          "t2_to_t1", "baseline_identity/t2_to_t1", "t2_cycle"]
     tags = summaries(output_dir)
-    for name, entry in {**models, **baselines}.items():
-        for metric in ("ssim", "psnr"):
+    for name, pairs in expected.items():
+        assert [row["subject"] for row in rows[name]] == ["synthetic-1000000", "synthetic-1000001"]
+        assert_rows_match(rows[name], pairs, TOLERANCE, name)
+        head, _, tail = name.partition("/")
+        entry = report_json[head][tail] if tail else report_json[name]
+        for metric in ALL_METRICS.split(","):
+            values = [float(row[metric]) for row in rows[name]]
             stats = entry[metric]
-            assert stats["n"] == 2  # QUICK: --synthetic_test_subjects=2, one slice each
-            assert math.isfinite(stats["mean"]) and math.isfinite(stats["std"])
-            assert tags[f"eval/{name}/{metric}"] == {step: pytest.approx(stats["mean"], rel=1e-6)}
-    with open(os.path.join(output_dir, "metrics.csv")) as f:
-        assert len(f.read().splitlines()) == 1 + 6 * 2  # header, 6 evaluations x 2 slices
-    assert Image.open(os.path.join(output_dir, "examples.png")).size == (3 * 256, 2 * 2 * 256)
+            assert (stats["n"], stats["n_subjects"]) == (2, 2)
+            assert stats["mean"] == pytest.approx(np.mean(values), rel=1e-12)
+            assert stats["std"] == pytest.approx(np.std(values), rel=1e-12)
+            assert tags[f"eval/{name}/{metric}"] == {step: pytest.approx(stats["mean"], rel=FLOAT32_RTOL)}
+            table_line = next(line for line in result.stdout.splitlines() if line.startswith(name + " "))
+            assert report.format_value(metric, stats["mean"]) + " ± " in table_line
+    examples = np.asarray(Image.open(os.path.join(output_dir, "examples.png")))
+    assert examples.shape == (2 * 2 * CANVAS, 3 * CANVAS)  # 2 pairs x 2 directions, source | translated | target
 
 
-def test_png_folders_match_scikit_image(trained_run, tmp_path):
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_direction_uses_its_generator(trained_run, checkpoint_generators, tmp_path, direction):
+    """--direction=t1_to_t2 runs G (and F for the cycle), t2_to_t1 runs F: a swap changes every model value."""
+    output_dir = tmp_path / "out"
+    evaluate(f"--logdir={trained_run}", f"--direction={direction}", f"--metrics={ALL_METRICS}",
+             f"--output_dir={output_dir}")
+    slices = synthetic_test_split()
+    expected = expected_comparisons(checkpoint_generators, slices, direction)
+    rows = csv_rows(output_dir)
+    assert list(rows) == list(expected)  # only this direction's evaluations
+    for name, pairs in expected.items():
+        assert_rows_match(rows[name], pairs, TOLERANCE, name)
+    report_json = load_report(output_dir)
+    assert set(report_json) == {direction, CYCLES[direction], "baseline_identity", "checkpoint", "checkpoint_step",
+                                "data"}
+    assert set(report_json["baseline_identity"]) == {direction}
+
+    # The other generator is far outside the tolerance, so a swapped direction fails the checks above.
+    other = DIRECTIONS[1 - DIRECTIONS.index(direction)]
+    target, translated = expected[direction][0]
+    swapped = reference_metrics(target, run_generator(checkpoint_generators[other], slices[direction][0]))
+    right = reference_metrics(target, translated)
+    assert abs(swapped["ssim"] - right["ssim"]) > 100 * TOLERANCE["ssim"]["abs"], (swapped, right)
+    assert abs(swapped["mae"] / right["mae"] - 1) > 100 * TOLERANCE["mae"]["rel"], (swapped, right)
+
+    # examples.png: per pair, source | translated | target as 8-bit.
+    examples = np.asarray(Image.open(output_dir / "examples.png"), np.int32)
+    for i, source in enumerate(slices[direction]):
+        row = examples[i * CANVAS : (i + 1) * CANVAS]
+        translated_canvas = np.round(expected[direction][i][1] * 255)
+        assert np.abs(row[:, CANVAS : 2 * CANVAS] - translated_canvas).max() <= 1  # rounding at .5
+        assert np.abs(row[:, :CANVAS] - np.round(source * 255)).max() <= 1
+        assert np.abs(row[:, 2 * CANVAS :] - np.round(expected[direction][i][0] * 255)).max() <= 1
+
+
+# ------------------------------------------------------------------ 16-bit PNG folders
+
+
+def fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre-crop or zero-pad to height x width."""
+    out = np.zeros((height, width), image.dtype)
+    h, w = min(height, image.shape[0]), min(width, image.shape[1])
+    top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+    out_top, out_left = (height - h) // 2, (width - w) // 2
+    out[out_top : out_top + h, out_left : out_left + w] = image[top : top + h, left : left + w]
+    return out
+
+
+def write_png_pairs(folder, same_contrast: bool = False, names=("testA", "testB")) -> tuple[str, str]:
+    """<names[0]>/caseN.png (T1) and <names[1]>/caseN.png (T2, or a copy of T1) as 16-bit PNGs."""
+    t1, t2 = phantom.paired_test(len(SIZES))
+    dir_a, dir_b = folder / names[0], folder / names[1]
+    dir_a.mkdir(parents=True)
+    dir_b.mkdir(parents=True)
+    for i, (a, b, size, peaks) in enumerate(zip(t1, t2, SIZES, PEAKS)):
+        for image, directory, peak in ((a, dir_a, peaks[0]), (b, dir_b, peaks[1])):
+            raw = np.round(fit(image, *size) / image.max() * peak).astype(np.uint16)
+            Image.fromarray(raw).save(directory / f"case{i}.png")
+    if same_contrast:
+        shutil.rmtree(dir_b)
+        shutil.copytree(dir_a, dir_b)
+    return str(dir_a), str(dir_b)
+
+
+def png_baseline_comparisons(test_a: str, test_b: str, direction: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(normalised target, normalised source) per caseN.png: the identity baseline's inputs."""
+    source_dir, target_dir = (test_a, test_b) if direction == "t1_to_t2" else (test_b, test_a)
+    names = [f"case{i}.png" for i in range(len(SIZES))]
+    return [(normalise(read_png(os.path.join(target_dir, n))), normalise(read_png(os.path.join(source_dir, n))))
+            for n in names]
+
+
+def test_png_folders_match_scikit_image(trained_run, checkpoint_generators, tmp_path):
     test_a, test_b = write_png_pairs(tmp_path)
     output_dir = tmp_path / "out"
     evaluate(f"--logdir={trained_run}", f"--test_a={test_a}", f"--test_b={test_b}", "--save_predictions",
-             "--metrics=ssim,psnr,mae", f"--output_dir={output_dir}")
-    report = load_report(output_dir)
+             f"--metrics={ALL_METRICS}", f"--output_dir={output_dir}")
+    rows = csv_rows(output_dir)
     names = [f"case{i}.png" for i in range(len(SIZES))]
-    folders = {"t1_to_t2": (test_a, test_b), "t2_to_t1": (test_b, test_a)}  # (source, target)
-    for direction, (source_dir, target_dir) in folders.items():
-        sources = [normalise(read_png(os.path.join(source_dir, n))) for n in names]
-        targets = [normalise(read_png(os.path.join(target_dir, n))) for n in names]
+    for direction in DIRECTIONS:
+        baseline = png_baseline_comparisons(test_a, test_b, direction)
         # (1) The identity baseline: the normalised source as the prediction of the normalised target.
-        for metric, value in mean_values(zip(targets, sources)).items():
-            assert report["baseline_identity"][direction][metric]["mean"] == pytest.approx(value, abs=TOLERANCE)
-            assert report["baseline_identity"][direction][metric]["n"] == len(SIZES)
-        # (2) The model: its saved 16-bit predictions against the normalised targets, on the original grid;
-        # the cycle reconstruction against the source.
-        cycle = direction[:2] + "_cycle"
-        for name, references in ((direction, targets), (cycle, sources)):
+        assert_rows_match(rows[f"baseline_identity/{direction}"], baseline, TOLERANCE, direction)
+        # (2) The model: its saved 16-bit predictions on the original grid, against the normalised targets
+        # and, for the cycle, the source; the metrics were computed from the unrounded predictions.
+        targets, sources = [t for t, _ in baseline], [s for _, s in baseline]
+        for name, references in ((direction, targets), (CYCLES[direction], sources)):
             predictions = [read_png(output_dir / "predictions" / name / n) / 65535 for n in names]
             assert [p.shape for p in predictions] == list(SIZES)
-            for metric, value in mean_values(zip(references, predictions)).items():
-                assert report[name][metric]["mean"] == pytest.approx(value, abs=TOLERANCE), (name, metric)
+            assert_rows_match(rows[name], list(zip(references, predictions)), PNG16_TOLERANCE, name)
+        # (3) Where no resizing is involved (images up to 256 px), the saved translation is G's or F's output,
+        # cropped back from the canvas.
+        for n, source, size in zip(names, sources, SIZES):
+            if max(size) <= CANVAS:
+                expected = crop_from_canvas(run_generator(checkpoint_generators[direction], pad_to_canvas(source)),
+                                            size)
+                saved = read_png(output_dir / "predictions" / direction / n) / 65535
+                assert np.abs(saved - expected).max() <= PNG16_ATOL, (direction, n)
 
 
 def test_identical_data_gives_a_perfect_baseline(trained_run, tmp_path):
@@ -137,8 +295,109 @@ def test_identical_data_gives_a_perfect_baseline(trained_run, tmp_path):
     evaluate(f"--logdir={trained_run}", f"--test_a={test_a}", f"--test_b={test_b}", f"--output_dir={output_dir}")
     baseline = load_report(output_dir)["baseline_identity"]
     for direction in DIRECTIONS:
-        assert baseline[direction]["ssim"]["mean"] == pytest.approx(1.0, abs=1e-12)
-        assert baseline[direction]["psnr"]["mean"] == 100.0  # the documented cap (training/metrics.py)
+        assert baseline[direction]["ssim"]["mean"] == 1.0
+        assert baseline[direction]["psnr"]["mean"] == 100.0  # the documented cap (evaluation/metrics.py)
+        assert baseline[direction]["ssim"]["n"] == len(SIZES)
+
+
+# ------------------------------------------------------------------ --data_dir in each layout
+
+
+def axial_slice(volume: np.ndarray, index: int) -> np.ndarray:
+    """Slice `index` of an RAS volume as data/readers.py documents it: slice[r, c] = volume[X-1-c, Y-1-r, index]."""
+    return volume[::-1, ::-1, index].T
+
+
+def nifti_volume(images: list[np.ndarray], peak: float) -> np.ndarray:
+    """An RAS volume whose axial slice 0 is empty and slices 1.. show `images` (downsampled 4x), scaled to `peak`."""
+    volume = np.zeros((VOLUME_SIDE, VOLUME_SIDE, len(images) + 1), np.float32)
+    for index, image in enumerate(images, start=1):
+        small = image[::4, ::4] / image.max() * peak
+        volume[:, :, index] = small.T[::-1, ::-1]  # the inverse of axial_slice
+    return volume
+
+
+LAYOUT_PATHS = {  # subject number -> (T1 path, T2 path) inside the data_dir
+    "ixi": lambda k: (f"IXI-T1/IXI10{k}-Guys-000{k}-T1.nii.gz", f"IXI-T2/IXI10{k}-Guys-000{k}-T2.nii.gz"),
+    "brats": lambda k: (f"BraTS-GLI-0000{k}-000/BraTS-GLI-0000{k}-000-t1n.nii.gz",
+                        f"BraTS-GLI-0000{k}-000/BraTS-GLI-0000{k}-000-t2w.nii.gz"),
+    "bids": lambda k: (f"sub-0{k}/anat/sub-0{k}_T1w.nii.gz", f"sub-0{k}/anat/sub-0{k}_T2w.nii.gz"),
+}
+
+
+def write_nifti_layout(root, layout: str, write_nifti) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Two subjects in `layout`; returns T1 path -> its (T1, T2) volumes."""
+    t1, t2 = phantom.paired_test(sum(NONEMPTY_SLICES), 3)
+    volumes, first = {}, 0
+    for k, count in enumerate(NONEMPTY_SLICES):
+        pick = slice(first, first + count)
+        first += count
+        pair = (nifti_volume(list(t1[pick]), T1_PEAK), nifti_volume(list(t2[pick]), T2_PEAK))
+        for relative, volume in zip(LAYOUT_PATHS[layout](k), pair):
+            write_nifti(root / relative, volume)
+        volumes[str(root / LAYOUT_PATHS[layout](k)[0])] = pair
+    return volumes
+
+
+@pytest.mark.parametrize("layout", ["cyclegan", "ixi", "brats", "bids"])
+def test_data_dir_in_each_layout(trained_run, checkpoint_generators, tmp_path, write_nifti, layout):
+    """The layout's test split is read (pairs and subjects counted), and baseline and G rows equal a recomputation."""
+    root = tmp_path / layout
+    if layout == "cyclegan":
+        test_a, test_b = write_png_pairs(root)
+        write_png_pairs(root, names=("trainA", "trainB"))
+        expected_pairs = {direction: png_baseline_comparisons(test_a, test_b, direction) for direction in DIRECTIONS}
+        expected_subjects, shapes = len(SIZES), list(SIZES)
+    else:
+        volumes = write_nifti_layout(root, layout, write_nifti)
+        [test_file] = layouts.layout_files(str(root)).test_a  # which subject the default split holds out
+        t1_volume, t2_volume = volumes[test_file]
+        indices = range(1, t1_volume.shape[2])  # slice 0 is empty: the foreground filter drops it
+        t1 = [axial_slice(normalise(t1_volume), i) for i in indices]
+        t2 = [axial_slice(normalise(t2_volume), i) for i in indices]
+        expected_pairs = {"t1_to_t2": list(zip(t2, t1)), "t2_to_t1": list(zip(t1, t2))}
+        expected_subjects, shapes = 1, [(VOLUME_SIDE, VOLUME_SIDE)] * len(indices)
+    output_dir = tmp_path / "out"
+    evaluate(f"--logdir={trained_run}", f"--data_dir={root}", f"--metrics={ALL_METRICS}", f"--output_dir={output_dir}")
+
+    data = load_report(output_dir)["data"]
+    assert data == {"test": f"data_dir={root} (layout detected), its test split",
+                    "pairs": len(shapes), "subjects": expected_subjects}
+    rows = csv_rows(output_dir)
+    for direction in DIRECTIONS:
+        if layout != "cyclegan":
+            assert [int(row["slice"]) for row in rows[direction]] == list(indices)
+        assert_rows_match(rows[f"baseline_identity/{direction}"], expected_pairs[direction], TOLERANCE, direction)
+    # G on each T1 slice (up to 256 px a side: padded to the canvas and cropped back) against T2.
+    translated = [(target, crop_from_canvas(run_generator(checkpoint_generators["t1_to_t2"], pad_to_canvas(source)),
+                                            shape))
+                  for (target, source), shape in zip(expected_pairs["t1_to_t2"], shapes) if max(shape) <= CANVAS]
+    assert translated
+    kept_rows = [row for row, shape in zip(rows["t1_to_t2"], shapes) if max(shape) <= CANVAS]
+    assert_rows_match(kept_rows, translated, TOLERANCE, "t1_to_t2")
+
+
+# ------------------------------------------------------------------ the library, in-process
+
+
+def test_a_test_source_given_replaces_the_saved_ones(tmp_path):
+    flagfile.save(str(tmp_path), {"test_a": "/old/a", "test_b": "/old/b", "min_foreground": 0.2,
+                                  "synthetic_seed": 4})
+    spec = protocol.data_spec(str(tmp_path), {"data_dir": "/new"})
+    assert (spec.test_a, spec.test_b, spec.data_dir) == (None, None, "/new")
+    assert (spec.min_foreground, spec.synthetic_seed) == (0.2, 4)  # the other saved data flags still apply
+    spec = protocol.data_spec(str(tmp_path), {"min_foreground": 0.5})
+    assert (spec.test_a, spec.test_b, spec.min_foreground) == ("/old/a", "/old/b", 0.5)
+
+
+def test_json_report_turns_nan_into_null():
+    summary = {"mae_fg": {"mean": float("nan"), "std": float("nan"), "n": 0}}
+    assert report.nested({"baseline_identity/t1_to_t2": summary, "t1_cycle": summary}) == {
+        "baseline_identity": {"t1_to_t2": summary}, "t1_cycle": summary}
+    assert report.finite_or_none(summary) == {"mae_fg": {"mean": None, "std": None, "n": 0}}
+
+
+# ------------------------------------------------------------------ bad input: one line, no traceback
 
 
 @pytest.mark.parametrize(
@@ -159,6 +418,7 @@ def test_logdir_without_checkpoint_is_a_one_line_error(tmp_path):
     result = script("evaluate.py", f"--logdir={tmp_path}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: no checkpoint in")
+    assert not (tmp_path / "eval").exists()  # checked before the output folder is made
 
 
 @pytest.mark.parametrize("inside", [False, True], ids=["is_a_file", "under_a_file"])
