@@ -296,3 +296,89 @@ def test_mixed_precision_run_resumes_exactly(tmp_path, precision):
     if precision == "mixed_float16":  # the loss scale is part of the state
         assert any("dynamic_scale" in name for name in a)
     assert [name for name in a if not np.array_equal(a[name], b[name])] == []
+
+
+# ---------------------------------------------------------------- --data_dir in each layout
+
+SIDE = 64  # phantom slices downsampled 4x: each lands in the middle of the 256 canvas
+# Three subjects with 2, 3 and 4 non-empty axial slices.
+SLICES_PER_SUBJECT = (2, 3, 4)
+NIFTI_PATHS = {  # subject k -> (T1, T2) inside the data_dir
+    "ixi": lambda k: (f"IXI-T1/IXI10{k}-Guys-000{k}-T1.nii.gz", f"IXI-T2/IXI10{k}-Guys-000{k}-T2.nii.gz"),
+    "brats": lambda k: (f"BraTS-GLI-0000{k}-000/BraTS-GLI-0000{k}-000-t1n.nii.gz",
+                        f"BraTS-GLI-0000{k}-000/BraTS-GLI-0000{k}-000-t2w.nii.gz"),
+    "bids": lambda k: (f"sub-0{k}/anat/sub-0{k}_T1w.nii.gz", f"sub-0{k}/anat/sub-0{k}_T2w.nii.gz"),
+}
+
+
+def unit_slices(images) -> list[np.ndarray]:
+    """Slices normalised as documented (99.5th percentile of the positive voxels of the volume, clipped to
+    [0, 1]), written independently of data/preprocess.py."""
+    stack = np.stack(images).astype(np.float64)
+    return list(np.clip(stack / np.percentile(stack[stack > 0], 99.5), 0, 1))
+
+
+def on_canvas(unit: np.ndarray) -> np.ndarray:
+    canvas = np.zeros((256, 256))
+    offset = (256 - SIDE) // 2
+    canvas[offset:offset + SIDE, offset:offset + SIDE] = unit
+    return canvas
+
+
+def write_layout(root, layout: str, write_nifti) -> dict[str, list[np.ndarray]]:
+    """Three subjects in `layout`; returns each written T1 file -> its expected unit slices."""
+    from PIL import Image
+
+    from data import phantom
+
+    t1, t2 = phantom.paired_test(sum(SLICES_PER_SUBJECT), 5)
+    expected, first = {}, 0
+    for k, count in enumerate(SLICES_PER_SUBJECT):
+        images = {"t1": [image[::4, ::4] for image in t1[first:first + count]],
+                  "t2": [image[::4, ::4] for image in t2[first:first + count]]}
+        first += count
+        if layout == "cyclegan":  # unpaired folders: subject 0 is T1 training, 1 T2 training, 2 the test pair
+            folders = {0: (("trainA", "t1"),), 1: (("trainB", "t2"),), 2: (("testA", "t1"), ("testB", "t2"))}[k]
+            for folder, contrast in folders:
+                (root / folder).mkdir(parents=True, exist_ok=True)
+                for index, image in enumerate(images[contrast]):
+                    pixels = np.round(image / image.max() * 60000).astype(np.uint16)
+                    Image.fromarray(pixels).save(root / folder / f"s{k}_{index}.png")
+                    expected[str(root / folder / f"s{k}_{index}.png")] = unit_slices([pixels])  # per image
+        else:
+            for relative, contrast in zip(NIFTI_PATHS[layout](k), ("t1", "t2")):
+                volume = np.zeros((SIDE, SIDE, count + 1), np.float32)  # slice 0 empty: dropped
+                for index, image in enumerate(images[contrast], start=1):
+                    volume[:, :, index] = image.T[::-1, ::-1]  # axial slice[r, c] = volume[X-1-c, Y-1-r]
+                write_nifti(root / relative, volume)
+                expected[str(root / relative)] = unit_slices(images[contrast])
+    return expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["cyclegan", "ixi", "brats", "bids"])
+def test_data_dir_in_each_layout_trains_on_disjoint_subjects(tmp_path, write_nifti, layout):
+    """Domain A holds exactly the T1 slices of the layout's T1 training files, B has as many slices as its T2
+    files, and no subject is in both domains or in the test split; then a step trains on them."""
+    from data import layouts
+
+    root = tmp_path / "data"
+    expected = write_layout(root, layout, write_nifti)
+    files = layouts.layout_files(str(root))
+    data = loop.load_data(tiny_config(data_dir=str(root)))
+    if layout == "cyclegan":
+        train_a = sorted(str(path) for path in (root / "trainA").iterdir())
+        slices_b = sum(1 for _ in (root / "trainB").iterdir())
+    else:
+        train_a = sorted(files.train_a)
+        subjects = [{layouts.subject_id(path, layout) for path in group}
+                    for group in (files.train_a, files.train_b, files.test_a)]
+        assert all(len(group) == 1 for group in subjects) and len(set.union(*subjects)) == 3, subjects
+        slices_b = sum(len(expected[path]) for path in files.train_b)
+    assert len(data.slices_b) == slices_b
+    want = [image for path in train_a for image in expected[path]]
+    assert len(data.slices_a) == len(want)
+    for got, image in zip(data.slices_a, want):  # area-style resize is not used: 64 px fits the canvas
+        np.testing.assert_allclose(got, on_canvas(image), atol=1e-6)
+    assert train(tmp_path / "run", data_dir=str(root), epochs=1, steps_per_epoch=1) == 1
+    assert flagfile.load(str(tmp_path / "run"))["data_dir"] == str(root)
