@@ -137,9 +137,9 @@ def translate(direction: str, input_spec: str, output: str, model: str | None, l
     targets = output_paths(volumes, input_spec, output)
     generator = load_generator(direction, model, logdir)
     for volume, target in zip(volumes, targets):
-        unit, translated = translate_volume(generator, volume, min_foreground, batch_size)
+        unit, translated_count = translate_volume(generator, volume, min_foreground, batch_size)
         write_translation(volume, unit, target, direction)
-        skipped = len(unit) - translated
+        skipped = len(unit) - translated_count
         logging.info("wrote %s from %s%s", target, volume.path,
                      f" ({skipped} of {len(unit)} slices below --min_foreground written as 0)" if skipped else "")
     return len(volumes)
