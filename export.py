@@ -25,9 +25,13 @@ from rundir import flagfile as run_flags
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("logdir", "runs/", "Run directory: its newest checkpoint and saved flags are exported.")
+flags.DEFINE_string("checkpoint", None, "A checkpoint to export instead of the newest in --logdir, e.g. "
+                    "runs/x/checkpoints/ckpt-1200 or a weights-only snapshot runs/x/weights/ckpt-1200.")
 flags.DEFINE_string("output_dir", "exported/", "Where the SavedModels, .tflite files and JSON cards go (created).")
 flags.DEFINE_enum("direction", "both", ["both", *DIRECTIONS], "Direction(s) to export.")
 flags.DEFINE_bool("tflite", True, "Also write the float32 and float16 TFLite models.")
+flags.DEFINE_bool("air_mask", True, "translate_raw sets its output to 0 where the input slice is air (the card says "
+                  "which); false: the raw network output.")
 
 
 def report(result: exporting.DirectionExport) -> None:
@@ -49,8 +53,8 @@ def main(argv):
     if os.path.exists(FLAGS.output_dir) and not os.path.isdir(FLAGS.output_dir):  # checked before the slow load
         sys.exit(f"error: --output_dir={FLAGS.output_dir} is a file, not a folder")
     try:
-        generators, checkpoint, step = checkpoint_networks(FLAGS.logdir)
-    except (FileNotFoundError, ValueError) as error:  # no checkpoint; a truncated or corrupt one
+        generators, checkpoint, step = checkpoint_networks(FLAGS.logdir, FLAGS.checkpoint)
+    except (FileNotFoundError, ValueError) as error:  # no checkpoint; a damaged one (naming the newest intact)
         sys.exit(f"error: {error}")
     training_flags = run_flags.load(FLAGS.logdir)
     if not training_flags:
@@ -61,7 +65,7 @@ def main(argv):
         sys.exit(f"error: --output_dir={FLAGS.output_dir}: cannot create the folder ({error.strerror or error})")
     directions = tuple(DIRECTIONS) if FLAGS.direction == "both" else (FLAGS.direction,)
     results = exporting.export(generators, directions, FLAGS.output_dir, FLAGS.tflite, step, checkpoint,
-                               training_flags)
+                               training_flags, air_mask=FLAGS.air_mask)
     for result in results:
         report(result)
     failed = [f"{result.direction} {name}" for result in results for name in result.failed]

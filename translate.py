@@ -27,15 +27,23 @@ flags.DEFINE_string("output", None, "A folder (created) mirroring the input name
 flags.DEFINE_string("logdir", "runs/", "Run directory whose newest checkpoint is used (unless --model is given).")
 flags.DEFINE_string("model", None, "An exported SavedModel folder (export.py), used instead of a checkpoint in "
                     "--logdir; when its card <folder>.json is there, it must name --direction.")
+flags.DEFINE_string("checkpoint", None, "A checkpoint to use instead of the newest in --logdir, e.g. "
+                    "runs/x/checkpoints/ckpt-1200 or a weights-only snapshot runs/x/weights/ckpt-1200.")
+flags.DEFINE_bool("overwrite", False, "Allow writing a translation over its input file (refused otherwise).")
 flags.DEFINE_integer("batch_size", 8, "Slices per network call.", lower_bound=1)
+flags.DEFINE_bool("air_mask", True, "Write 0 where the input is air (background connected to the image border); "
+                  "false: the raw network output everywhere.")
 flags.mark_flags_as_required(["direction", "input", "output"])
 
 
 def main(argv):
     del argv
+    if FLAGS.model and FLAGS.checkpoint:
+        sys.exit("error: give --model (an exported SavedModel) or --checkpoint, not both")
     try:
         count = translation.translate(FLAGS.direction, FLAGS.input, FLAGS.output, FLAGS.model, FLAGS.logdir,
-                                      FLAGS.on_bad_file, FLAGS.min_foreground, FLAGS.batch_size)
+                                      FLAGS.on_bad_file, FLAGS.min_foreground, FLAGS.batch_size,
+                                      air_mask=FLAGS.air_mask, checkpoint=FLAGS.checkpoint, overwrite=FLAGS.overwrite)
     except (readers.BadFileError, OSError, ValueError) as error:
         sys.exit(f"error: {' '.join(str(error).split())}")
     logging.info("translated %d volume(s) %s into %s", count, FLAGS.direction, FLAGS.output)

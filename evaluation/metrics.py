@@ -19,7 +19,8 @@ Definitions (chosen to match scikit-image, which is only a test dependency):
 * mae, mse: mean absolute / squared error.
 * nrmse: skimage's default ``normalized_root_mse(target, pred, normalization='euclidean')``,
   i.e. ||target - pred|| / ||target||; NaN when the target is all zero.
-* *_fg: the same metric restricted to the foreground, the pixels where the target > 0. For
+* *_fg: the same metric restricted to the foreground: by default the pixels where the target > 0,
+  else the mask the caller gives (evaluate.py's --mask, data/masks.py). For
   ssim_fg the full-image SSIM map is averaged over the foreground pixels that lie inside the
   same 5-px border crop as ssim, so ssim_fg equals ssim when everything is foreground. An empty
   foreground (for ssim_fg: none inside the crop) gives NaN.
@@ -111,8 +112,10 @@ def _error_metrics(target: np.ndarray, prediction: np.ndarray) -> dict[str, floa
     }
 
 
-def slice_metrics(target: np.ndarray, prediction: np.ndarray, names: Sequence[str]) -> dict[str, float]:
-    """The requested metrics and their foreground variants for one [0, 1] slice pair."""
+def slice_metrics(target: np.ndarray, prediction: np.ndarray, names: Sequence[str],
+                  foreground: np.ndarray | None = None) -> dict[str, float]:
+    """The requested metrics and their foreground variants (over `foreground`, default target > 0) for one
+    [0, 1] slice pair."""
     target = np.asarray(target, np.float64)
     prediction = np.asarray(prediction, np.float64)
     if target.shape != prediction.shape or target.ndim != 2:
@@ -120,7 +123,9 @@ def slice_metrics(target: np.ndarray, prediction: np.ndarray, names: Sequence[st
     if min(target.shape) < 2 * SSIM_RADIUS + 1:
         raise ValueError(f"images must be at least {2 * SSIM_RADIUS + 1} px per side, got {target.shape}")
     columns = metric_columns(names)
-    foreground = target > 0
+    foreground = target > 0 if foreground is None else np.asarray(foreground, bool)
+    if foreground.shape != target.shape:
+        raise ValueError(f"foreground mask of shape {foreground.shape} for images of shape {target.shape}")
     values = {}
     if "ssim" in columns:
         local_ssim = ssim_map(target, prediction)

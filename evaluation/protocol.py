@@ -3,7 +3,10 @@
 Targets are the normalised test slices on their original grid; predictions are the generator's
 outputs mapped back to that grid (docs/evaluate.md, "Protocol"). Each evaluation has a name:
 a direction (`t1_to_t2`), its identity baseline (`baseline_identity/t1_to_t2`) or its cycle
-(`t1_cycle`: T1 -> T2 -> T1 against the T1 source).
+(`t1_cycle`: T1 -> T2 -> T1 against the T1 source), and the non-learned rows beside it
+(`baseline_histogram/t1_to_t2`, `oracle_intensity_map/t1_to_t2`; evaluation/baselines.py).
+With the air mask on, the model's outputs (translations and cycles) are 0 where the source is air
+(data/masks.py), as translate.py writes them.
 """
 
 import dataclasses
@@ -11,13 +14,16 @@ import dataclasses
 import numpy as np
 from absl import logging
 
-from data import datasets, preprocess
-from evaluation import metrics
+from data import datasets, masks, preprocess
+from evaluation import baselines, metrics
 from models.directions import DIRECTIONS, Direction
 from models.inference import Generator, translate_canvases
 from rundir import flagfile
 
 BASELINE = "baseline_identity"
+HISTOGRAM = "baseline_histogram"
+ORACLE = "oracle_intensity_map"
+NON_LEARNED = (BASELINE, HISTOGRAM, ORACLE)
 # Where the test data comes from; one given on the command line replaces all the run's saved ones.
 TEST_SOURCE_FLAGS = ("test_a", "test_b", "data_dir")
 
@@ -48,30 +54,58 @@ def cycle_name(direction: Direction) -> str:
     return direction.name.partition("_to_")[0] + "_cycle"
 
 
-def translate_both_ways(generators: dict[str, Generator], pairs: list, direction: Direction,
-                        batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The canvases of every source translated, and translated back (the cycle reconstruction)."""
-    sources = datasets.stack([pair[direction.source_index] for pair in pairs])
-    translated = translate_canvases(generators[direction.name], sources, batch_size)
-    return translated, translate_canvases(generators[direction.reverse], translated, batch_size)
+def canvas_air(air: np.ndarray, geometry: preprocess.Geometry) -> np.ndarray:
+    """An original-grid air mask placed on the canvas like its slice; the padding is air too."""
+    placed, _ = preprocess.to_canvas(air.astype(np.float32))
+    inside, _ = preprocess.to_canvas(np.ones(air.shape, np.float32))
+    return (placed >= 0.5) | (inside == 0)
 
 
-def comparisons(pairs: list, direction: Direction, translated: np.ndarray, reconstructed: np.ndarray) -> dict:
-    """Name -> (source, target, prediction on the original grid) per slice: model, identity baseline, cycle."""
+def translate_both_ways(generators: dict[str, Generator], pairs: list, direction: Direction, batch_size: int,
+                        air: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The canvases of every source translated, and translated back (the cycle reconstruction).
+
+    With `air` (the sources' air masks), both are 0 in the air, and the cycle starts from the masked
+    translation, as a user translating translate.py's output back would.
+    """
+    sources = [pair[direction.source_index] for pair in pairs]
+    keep = 1.0 if air is None else ~np.stack([canvas_air(a, s.geometry) for a, s in zip(air, sources)])
+    translated = translate_canvases(generators[direction.name], datasets.stack(sources), batch_size) * keep
+    return translated, translate_canvases(generators[direction.reverse], translated, batch_size) * keep
+
+
+def comparisons(pairs: list, direction: Direction, translated: np.ndarray, reconstructed: np.ndarray,
+                air: list[np.ndarray] | None, reference: baselines.HistogramReference | None) -> dict:
+    """Name -> (source, target, prediction on the original grid) per slice: model, non-learned rows, cycle.
+
+    `reference` is the target domain's pooled training intensities (None leaves baseline_histogram out).
+    """
     sources = [pair[direction.source_index] for pair in pairs]
     targets = [pair[direction.target_index] for pair in pairs]
-    return {
-        direction.name: [(s, t, preprocess.from_canvas(p, s.geometry)) for s, t, p in zip(sources, targets, translated)],
+    keeps = [1.0] * len(sources) if air is None else [~a for a in air]
+
+    def model(canvases):
+        return [preprocess.from_canvas(p, s.geometry) * keep for p, s, keep in zip(canvases, sources, keeps)]
+
+    compared = {
+        direction.name: list(zip(sources, targets, model(translated))),
         f"{BASELINE}/{direction.name}": [(s, t, s.original) for s, t in zip(sources, targets)],
-        cycle_name(direction): [(s, s, preprocess.from_canvas(p, s.geometry)) for s, p in zip(sources, reconstructed)],
     }
+    if reference is not None:
+        compared[f"{HISTOGRAM}/{direction.name}"] = [(s, t, baselines.match_histogram(s.original, reference))
+                                                      for s, t in zip(sources, targets)]
+    compared[f"{ORACLE}/{direction.name}"] = [(s, t, baselines.oracle_intensity_map(s.original, t.original))
+                                              for s, t in zip(sources, targets)]
+    compared[cycle_name(direction)] = list(zip(sources, sources, model(reconstructed)))
+    return compared
 
 
-def metric_rows(name: str, triples: list, names: list[str]) -> list[dict]:
-    """One row per slice: where it came from and its metrics against the normalised target."""
+def metric_rows(name: str, triples: list, names: list[str], mask: str = "nonzero") -> list[dict]:
+    """One row per slice: where it came from and its metrics against the normalised target, _fg inside `mask`."""
     return [
         {"direction": name, "subject": target.subject, "source": source.source, "target": target.source,
-         "slice": target.index, **metrics.slice_metrics(target.original, prediction, names)}
+         "slice": target.index, **metrics.slice_metrics(target.original, prediction, names,
+                                                        masks.foreground(mask, target.original, target.mask))}
         for source, target, prediction in triples
     ]
 
@@ -82,24 +116,32 @@ class Evaluation:
 
     checkpoint: str
     step: int
-    data: dict  # test: describe(spec), pairs, subjects
-    pairs: list  # (T1, T2) test slices
+    data: dict  # test: describe(spec), pairs, subjects, register
+    pairs: dict[str, list]  # direction -> (T1, T2) test slices on the grid of its source
     columns: list[str]  # metric columns, each followed by its _fg variant
     translated: dict[str, np.ndarray]  # direction -> translated canvases
     compared: dict[str, list]  # evaluation name -> (source, target, prediction) per slice
     rows: dict[str, list[dict]]  # evaluation name -> metric_rows
     summaries: dict[str, dict]  # evaluation name -> metrics.summarize of its rows
+    air_mask: bool  # the model's outputs are 0 where the source is air
+    mask: dict  # the _fg metrics' mask: masks.describe_rule
 
 
-def evaluate(generators: dict[str, Generator], pairs: list, directions: tuple[str, ...], names: list[str],
-             batch_size: int, checkpoint: str, step: int, data: dict) -> Evaluation:
-    """Each direction, its identity baseline and its cycle, per slice and summarised."""
+def evaluate(generators: dict[str, Generator], pairs: dict[str, list], names: list[str], batch_size: int,
+             checkpoint: str, step: int, data: dict, air_mask: bool = True, mask: str = "auto",
+             references: dict[str, baselines.HistogramReference] | None = None) -> Evaluation:
+    """Each direction of `pairs` (direction -> its slice pairs), its non-learned rows and its cycle, per slice and
+    summarised. `references`: per direction, the target domain's training intensities for baseline_histogram."""
     translated, compared = {}, {}
-    for name in directions:
+    for name, direction_pairs in pairs.items():
         direction = DIRECTIONS[name]
-        translated[name], reconstructed = translate_both_ways(generators, pairs, direction, batch_size)
-        compared.update(comparisons(pairs, direction, translated[name], reconstructed))
-    rows = {name: metric_rows(name, triples, names) for name, triples in compared.items()}
+        sources = [pair[direction.source_index] for pair in direction_pairs]
+        air = [masks.air_mask(s.original) for s in sources] if air_mask else None
+        translated[name], reconstructed = translate_both_ways(generators, direction_pairs, direction, batch_size,
+                                                              air)
+        compared.update(comparisons(direction_pairs, direction, translated[name], reconstructed, air,
+                                    (references or {}).get(name)))
+    rows = {name: metric_rows(name, triples, names, mask) for name, triples in compared.items()}
     summaries = {name: metrics.summarize(name_rows, names) for name, name_rows in rows.items()}
     return Evaluation(checkpoint, step, data, pairs, metrics.metric_columns(names), translated, compared, rows,
-                      summaries)
+                      summaries, air_mask, masks.describe_rule(mask))

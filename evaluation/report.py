@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from data import readers, writers
-from evaluation.protocol import BASELINE, Evaluation
+from evaluation.protocol import BASELINE, HISTOGRAM, NON_LEARNED, ORACLE, Evaluation
 from models.directions import DIRECTIONS
 
 EVAL_DIR = "eval"  # TensorBoard folder in the logdir, and the default output folder
@@ -41,7 +41,7 @@ def json_report(evaluation: Evaluation) -> dict:
     """The content of metrics.json: summaries per evaluation, the checkpoint and the test data."""
     summaries = {name: finite_or_none(summary) for name, summary in evaluation.summaries.items()}
     return {**nested(summaries), "checkpoint": evaluation.checkpoint, "checkpoint_step": evaluation.step,
-            "data": evaluation.data}
+            "data": evaluation.data, "air_mask": evaluation.air_mask, "foreground_mask": evaluation.mask}
 
 
 def format_value(column: str, value: float | None) -> str:
@@ -69,7 +69,10 @@ def terminal_summary(evaluation: Evaluation) -> str:
         f"checkpoint {evaluation.checkpoint} (step {evaluation.step}); {data['test']}: "
         f"{data['pairs']} slice pairs from {data['subjects']} subjects",
         format_table(evaluation.summaries, evaluation.columns),
-        f"mean ± std over slices. {BASELINE}: the source slice itself as the prediction; "
+        f"mean ± std over slices; _fg inside the {evaluation.mask['mask']} mask; model outputs "
+        f"{'zeroed in the source air' if evaluation.air_mask else 'raw (--air_mask=false)'}. {BASELINE}: the "
+        f"source slice itself; {HISTOGRAM}: the source histogram-matched to the target domain's training "
+        f"slices; {ORACLE}: the best per-pair intensity map (a ceiling for intensity-only methods); "
         "t1_cycle / t2_cycle: T1->T2->T1 / T2->T1->T2 against the source.",
     ])
 
@@ -81,12 +84,16 @@ def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
         writer.writerows(rows)
 
 
-def example_grid(pairs: list, translated: dict, count: int) -> np.ndarray:
-    """Rows of source | translated | target canvases for `count` pairs spread over the test set, per direction."""
-    picks = sorted(set(np.linspace(0, len(pairs) - 1, min(count, len(pairs))).round().astype(int)))
+def example_grid(pairs: dict, translated: dict, count: int) -> np.ndarray:
+    """Rows of source | translated | target canvases for `count` pairs spread over the test set, per direction.
+
+    `pairs` holds each direction's slice pairs (on its source's grid; the same number unless the grids differ).
+    """
+    length = min(len(direction_pairs) for direction_pairs in pairs.values())
+    picks = sorted(set(np.linspace(0, length - 1, min(count, length)).round().astype(int)))
     rows = [
-        np.concatenate([pairs[i][DIRECTIONS[name].source_index].image, fakes[i],
-                        pairs[i][DIRECTIONS[name].target_index].image], axis=1)
+        np.concatenate([pairs[name][i][DIRECTIONS[name].source_index].image, fakes[i],
+                        pairs[name][i][DIRECTIONS[name].target_index].image], axis=1)
         for i in picks for name, fakes in translated.items()
     ]
     return np.concatenate(rows, axis=0)
@@ -102,9 +109,9 @@ def prediction_file_names(sources: list) -> list[str]:
 
 
 def save_predictions(output_dir: str, compared: dict) -> None:
-    """Each model output as a 16-bit PNG on its original grid; the baseline's "prediction" is the source itself."""
+    """Each model output as a 16-bit PNG on its original grid (the non-learned rows are not saved)."""
     for name, triples in compared.items():
-        if name.startswith(BASELINE):
+        if name.partition("/")[0] in NON_LEARNED:
             continue
         folder = os.path.join(output_dir, "predictions", name)
         for file_name, (_, _, prediction) in zip(prediction_file_names([s for s, _, _ in triples]), triples):

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from data import datasets, preprocess, readers
+from data import datasets, masks, preprocess, readers
 from models import serving
 from models.directions import DIRECTIONS
 from models.inference import card_path, translate_canvases
@@ -61,11 +61,12 @@ def artifact_paths(output_dir: str, direction: str, with_tflite: bool) -> dict[s
     return paths
 
 
-def write_artifacts(generator: tf.keras.Model, paths: dict[str, str]) -> dict[str, float]:
-    """Writes the SavedModel, then the TFLite models converted from it; seconds per artifact."""
+def write_artifacts(generator: tf.keras.Model, paths: dict[str, str], air_mask: bool = True) -> dict[str, float]:
+    """Writes the SavedModel (translate_raw zeroing the air when `air_mask`), then the TFLite models converted
+    from it; seconds per artifact."""
     seconds = {}
     start = time.perf_counter()
-    serving.save_saved_model(generator, paths["saved_model"])
+    serving.save_saved_model(generator, paths["saved_model"], air_mask)
     seconds["saved_model"] = time.perf_counter() - start
     for name, float16 in (("tflite_float32", False), ("tflite_float16", True)):
         if name in paths:
@@ -126,10 +127,13 @@ def tflite_outputs(path: str, images: np.ndarray) -> np.ndarray:
     return np.concatenate([runner(images=image[np.newaxis])["translated"] for image in images])
 
 
-def project_translation(generator, raw: np.ndarray) -> np.ndarray:
-    """The project's own path for one raw slice, in [0, 1]: normalize, to_canvas, generator, from_canvas."""
-    canvas, geometry = preprocess.to_canvas(preprocess.normalize(raw))
-    return preprocess.from_canvas(translate_canvases(generator, canvas[np.newaxis])[0], geometry)
+def project_translation(generator, raw: np.ndarray, air_mask: bool = True) -> np.ndarray:
+    """The project's own path for one raw slice, in [0, 1]: normalize, to_canvas, generator, from_canvas, and
+    with `air_mask` 0 where the slice is air (data/masks.py)."""
+    unit = preprocess.normalize(raw)
+    canvas, geometry = preprocess.to_canvas(unit)
+    translated = preprocess.from_canvas(translate_canvases(generator, canvas[np.newaxis])[0], geometry)
+    return np.where(masks.air_mask(unit), np.float32(0), translated) if air_mask else translated
 
 
 def raw_check_input(item: datasets.Slice) -> np.ndarray:
@@ -137,7 +141,8 @@ def raw_check_input(item: datasets.Slice) -> np.ndarray:
     return np.pad(item.image * np.float32(RAW_CHECK_PEAK), RAW_CHECK_PADDING)
 
 
-def run_checks(generator: tf.keras.Model, paths: dict[str, str], slices: list) -> dict[str, float]:
+def run_checks(generator: tf.keras.Model, paths: dict[str, str], slices: list, air_mask: bool = True
+               ) -> dict[str, float]:
     """Largest absolute difference of each artifact to the checkpoint's generator on `slices`."""
 
     def checkpoint_generator(batch: np.ndarray) -> np.ndarray:
@@ -151,7 +156,7 @@ def run_checks(generator: tf.keras.Model, paths: dict[str, str], slices: list) -
     for item in slices:
         raw = raw_check_input(item)
         translated = loaded.signatures["translate_raw"](image=raw)["translated_unit"]
-        raw_diffs.append(max_abs_diff(translated, project_translation(checkpoint_generator, raw)))
+        raw_diffs.append(max_abs_diff(translated, project_translation(checkpoint_generator, raw, air_mask)))
     diffs["translate_raw"] = max(raw_diffs)
     for name in ("tflite_float32", "tflite_float16"):
         if name in paths:
@@ -178,7 +183,7 @@ def check_report(diffs: dict[str, float], origin: str, slices: list[datasets.Sli
 
 
 def card(direction: str, generator: tf.keras.Model, step: int, checkpoint: str, training_flags: dict,
-         artifacts: dict[str, str], checks: dict) -> dict:
+         artifacts: dict[str, str], checks: dict, air_mask: bool = True) -> dict:
     """What a consumer needs to use the exports correctly, and the evidence that they match the checkpoint."""
     return {
         "direction": direction,
@@ -197,6 +202,12 @@ def card(direction: str, generator: tf.keras.Model, step: int, checkpoint: str, 
                                           "scale": "float32 scalar, the slice's 99.5th percentile"}},
         },
         "preprocessing": serving.PREPROCESSING,
+        "air_mask": {"translate_raw": air_mask, "serving_default": False,
+                     "rule": "translated_unit (and translated) set to 0 where the input slice is air: pixels at or "
+                             "below the background level (median of the border pixels + 6 median absolute "
+                             "deviations, at most 0.1; no air when the border median is above 0.05) and 4-connected "
+                             "to the border" if air_mask else "off: the raw network output everywhere (export.py "
+                             "--air_mask=false)"},
         "training_flags": training_flags,
         "tensorflow_version": tf.__version__,
         "checks": checks,
@@ -207,16 +218,17 @@ def card(direction: str, generator: tf.keras.Model, step: int, checkpoint: str, 
 
 
 def _export_direction(direction: str, generator: tf.keras.Model, staging: str, with_tflite: bool, step: int,
-                      checkpoint: str, training_flags: dict, spec: datasets.DataSpec) -> DirectionExport:
+                      checkpoint: str, training_flags: dict, spec: datasets.DataSpec, air_mask: bool
+                      ) -> DirectionExport:
     """Writes, checks and describes one direction's artifacts in `staging`."""
     paths = artifact_paths(staging, direction, with_tflite)
     logging.info("%s: writing %s", direction, ", ".join(os.path.basename(path) for path in paths.values()))
-    seconds = write_artifacts(generator, paths)
+    seconds = write_artifacts(generator, paths, air_mask)
     slices, origin = check_slices(spec, direction, CHECK_SLICES)
-    diffs = run_checks(generator, paths, slices)
+    diffs = run_checks(generator, paths, slices, air_mask)
     artifacts = {name: os.path.relpath(path, staging) for name, path in paths.items()}
     write_json(card(direction, generator, step, checkpoint, training_flags, artifacts,
-                    check_report(diffs, origin, slices)), card_path(paths["saved_model"]))
+                    check_report(diffs, origin, slices), air_mask), card_path(paths["saved_model"]))
     return DirectionExport(direction, artifacts, {name: size_bytes(path) for name, path in paths.items()}, seconds,
                            diffs, len(slices), origin)
 
@@ -229,19 +241,19 @@ def _move_into_place(staged: str, target: str) -> None:
 
 
 def export(generators: dict[str, tf.keras.Model], directions: tuple[str, ...], output_dir: str, with_tflite: bool,
-           step: int, checkpoint: str, training_flags: dict) -> list[DirectionExport]:
+           step: int, checkpoint: str, training_flags: dict, air_mask: bool = True) -> list[DirectionExport]:
     """Exports `directions` of a checkpoint's generators into the existing folder `output_dir`.
 
     The checks read the run's data as its saved `training_flags` describe it. All directions are
     staged and checked first; only when every check passed are the artifacts, then each card, moved
-    into place. Otherwise output_dir is left as it was (an earlier export in it stays untouched);
+    into place. `air_mask`: translate_raw zeroes the air (the card says so). Otherwise output_dir is left as it was (an earlier export in it stays untouched);
     `failed` of the returned exports says which checks did not pass.
     """
     spec = datasets.DataSpec.from_mapping(training_flags)
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir)
     try:
-        exports = [_export_direction(d, generators[d], staging, with_tflite, step, checkpoint, training_flags, spec)
-                   for d in directions]
+        exports = [_export_direction(d, generators[d], staging, with_tflite, step, checkpoint, training_flags, spec,
+                                     air_mask) for d in directions]
         if any(e.failed for e in exports):
             return exports
         for e in exports:

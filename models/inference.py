@@ -6,6 +6,7 @@ training code nor the network definitions, so an exported model works without th
 
 import json
 import os
+import re
 from typing import Callable
 
 import numpy as np
@@ -13,7 +14,7 @@ import tensorflow as tf
 
 from data import preprocess
 from models.directions import DIRECTIONS
-from rundir.checkpoints import latest_checkpoint
+from rundir.checkpoints import checkpoint_dir, checkpoints_newest_first, damage, latest_checkpoint
 
 Generator = Callable[[np.ndarray], np.ndarray]
 
@@ -23,43 +24,79 @@ def _as_function(network) -> Generator:
     return lambda batch: forward(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
 
-def restore_generators(checkpoint_path: str) -> tuple[dict[str, tf.keras.Model], int]:
+def restore_generators(checkpoint_path: str, filters: int = 64) -> tuple[dict[str, tf.keras.Model], int]:
     """The generators ({direction: model}) and the step of a checkpoint, built without the trainer.
 
-    Restores by object: only the generators and the step are built; optimizers and pools in the
-    file are ignored (expect_partial). Raises ValueError with a one-line reason for a truncated
-    or corrupt checkpoint.
+    Restores by object: only the generators and the step are built; optimizers, discriminators and
+    pools in the file are ignored (expect_partial), so a full checkpoint and a weights-only snapshot
+    both work. `filters` is the networks' width (64: the design). Raises ValueError naming the
+    checkpoint with a one-line reason for a damaged one (a missing or truncated file, bad checksums,
+    non-finite weights).
     """
     from models.networks import build_generator  # here, so that loading a SavedModel needs no network code
 
-    networks = {name: build_generator(d.generator) for name, d in DIRECTIONS.items()}
+    damaged = damage(checkpoint_path)
+    if damaged:
+        raise ValueError(f"{checkpoint_path}: unreadable checkpoint ({damaged})")
+    networks = {name: build_generator(d.generator, filters) for name, d in DIRECTIONS.items()}
     step = tf.Variable(0, dtype=tf.int64, name="step")
     objects = {DIRECTIONS[name].generator: network for name, network in networks.items()}
     try:
         tf.train.Checkpoint(step=step, **objects).restore(checkpoint_path).expect_partial() \
             .assert_existing_objects_matched()
-    except (tf.errors.OpError, IndexError, AssertionError) as error:
+    except (tf.errors.OpError, IndexError, AssertionError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"{checkpoint_path}: unreadable checkpoint ({reason})") from error
+    non_finite = [DIRECTIONS[name].generator for name, network in networks.items()
+                  if not all(np.isfinite(w.numpy()).all() for w in network.weights)]
+    if non_finite:
+        raise ValueError(f"{checkpoint_path}: unreadable checkpoint (non-finite weights in {', '.join(non_finite)})")
     return networks, int(step)
 
 
-def checkpoint_networks(logdir: str, checkpoint_path: str | None = None) -> tuple[dict[str, tf.keras.Model], str, int]:
+def checkpoint_networks(logdir: str, checkpoint_path: str | None = None,
+                        filters: int = 64) -> tuple[dict[str, tf.keras.Model], str, int]:
     """The Keras generators ({direction: model}) of a run's newest (or the given) checkpoint, its path and step.
 
-    Raises FileNotFoundError when the run has no checkpoint and ValueError as restore_generators.
+    Never falls back silently: when the newest is damaged, the ValueError names it, why, and the newest
+    intact one to pass as --checkpoint. Raises FileNotFoundError when the run has no checkpoint.
     """
-    path = checkpoint_path or latest_checkpoint(logdir)
-    networks, step = restore_generators(path)
-    return networks, path, step
+    if checkpoint_path:
+        path = as_checkpoint_prefix(checkpoint_path)
+        networks, step = restore_generators(path, filters)
+        return networks, path, step
+    newest = latest_checkpoint(logdir)
+    try:
+        networks, step = restore_generators(newest, filters)
+    except ValueError as damaged:
+        older = checkpoints_newest_first(checkpoint_dir(logdir))[1:]
+        intact = next((path for path in older if _restores(path, filters)), None)
+        hint = (f"the newest intact one is {intact}: pass --checkpoint={intact} to use it" if intact
+                else f"no intact checkpoint in {checkpoint_dir(logdir)}")
+        raise ValueError(f"{damaged}; {hint}") from damaged
+    return networks, newest, step
 
 
-def from_checkpoint(logdir: str, checkpoint_path: str | None = None) -> tuple[dict[str, Generator], int]:
+def _restores(path: str, filters: int) -> bool:
+    try:
+        restore_generators(path, filters)
+    except ValueError:
+        return False
+    return True
+
+
+def as_checkpoint_prefix(path: str) -> str:
+    """A checkpoint as given by the user: its prefix (runs/x/checkpoints/ckpt-12), or one of its files."""
+    return re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
+
+
+def from_checkpoint(logdir: str, checkpoint_path: str | None = None,
+                    filters: int = 64) -> tuple[dict[str, Generator], int]:
     """Both generators ({direction: generator}) of a run's newest (or the given) checkpoint, and its step.
 
     Raises as checkpoint_networks does.
     """
-    networks, _, step = checkpoint_networks(logdir, checkpoint_path)
+    networks, _, step = checkpoint_networks(logdir, checkpoint_path, filters)
     return {direction: _as_function(network) for direction, network in networks.items()}, step
 
 

@@ -9,7 +9,7 @@ import functools
 
 import tensorflow as tf
 
-from data import preprocess
+from data import masks, preprocess
 
 CANVAS = preprocess.CANVAS
 # The card's description of what the signatures expect and do (export.py writes it into every card).
@@ -94,6 +94,30 @@ def canvas_placement(height: tf.Tensor, width: tf.Tensor) -> tuple[tf.Tensor, tf
     return resized_height, resized_width, (CANVAS - resized_height) // 2, (CANVAS - resized_width) // 2
 
 
+def air_mask(unit: tf.Tensor) -> tf.Tensor:
+    """data/masks.air_mask in the graph, bit for bit: the border's median (+ 6 MADs, capped) is the background level,
+    and the pixels at or below it that are 4-connected to the border are air (grown from the border until stable)."""
+    border = tf.concat([unit[0], unit[-1], unit[1:-1, 0], unit[1:-1, -1]], axis=0)
+    median = percentile(border, 50.0)
+    level = tf.minimum(median + masks.AIR_MAD_FACTOR * percentile(tf.abs(border - median), 50.0), masks.AIR_MAX_LEVEL)
+    candidate = unit <= level
+    height, width = tf.shape(unit)[0], tf.shape(unit)[1]
+    rows, columns = tf.range(height)[:, tf.newaxis], tf.range(width)[tf.newaxis, :]
+    on_border = (rows == 0) | (rows == height - 1) | (columns == 0) | (columns == width - 1)
+
+    def grow(region):
+        padded = tf.pad(region, [[1, 1], [1, 1]])
+        neighbours = padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+        return (region | neighbours) & candidate
+
+    def changed(previous, region):
+        return tf.reduce_any(previous != region)
+
+    start = candidate & on_border
+    _, air = tf.while_loop(changed, lambda previous, region: (region, grow(region)), (tf.zeros_like(start), start))
+    return air & (median <= masks.AIR_MAX_MEDIAN)
+
+
 # ---------------------------------------------------------------- the exported module
 
 
@@ -105,8 +129,9 @@ class ExportedGenerator(tf.Module):
     see the weights as variables, cannot freeze them and writes a model without them.
     """
 
-    def __init__(self, generator: tf.keras.Model):
+    def __init__(self, generator: tf.keras.Model, air_mask: bool = True):
         super().__init__()
+        self.air_mask = air_mask  # translate_raw zeroes the output where the input is air
         self.generator_weights = [weight.value for weight in generator.weights]  # Keras 3: the tf.Variable
         self._generate = functools.partial(generator, training=False)  # a partial is not tracked
 
@@ -132,11 +157,13 @@ class ExportedGenerator(tf.Module):
         translated_canvas = tf.clip_by_value((signed + 1.0) / 2.0, 0.0, 1.0)
         cropped = translated_canvas[top : top + resized_height, left : left + resized_width]
         translated_unit = resize_box(cropped, height, width)
+        if self.air_mask:
+            translated_unit = tf.where(air_mask(unit), 0.0, translated_unit)
         return {"translated": translated_unit * scale, "translated_unit": translated_unit, "scale": scale}
 
 
-def save_saved_model(generator: tf.keras.Model, path: str) -> None:
-    module = ExportedGenerator(generator)
+def save_saved_model(generator: tf.keras.Model, path: str, air_mask: bool = True) -> None:
+    module = ExportedGenerator(generator, air_mask)
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve,
                                                    "translate_raw": module.translate_raw})
 

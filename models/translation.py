@@ -5,12 +5,13 @@ NIfTI and DICOM are written in the input's intensity scale, images as their [0, 
 """
 
 import os
+import tempfile
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from data import datasets, preprocess, readers, writers
+from data import datasets, masks, preprocess, readers, writers
 from models import inference
 from models.directions import DIRECTIONS
 
@@ -19,26 +20,29 @@ FILE_OUTPUT_SUFFIXES = {"nifti": readers.NIFTI_SUFFIXES, "image": (".png",)}
 
 
 def translate_volume(generator: inference.Generator, volume: readers.Volume, min_foreground: float,
-                     batch_size: int) -> tuple[np.ndarray, int]:
+                     batch_size: int, air_mask: bool = True) -> tuple[np.ndarray, int]:
     """The volume's slices translated, in [0, 1] on their original grid, and how many were translated.
 
-    Slices with less than `min_foreground` foreground stay 0: air stays air, where a
-    network fed an empty slice would invent texture.
+    Slices with less than `min_foreground` foreground stay 0, and with `air_mask` so does every pixel
+    where the source slice is air (data/masks.py): air stays air, where the network would invent texture.
     """
-    slices = datasets.volume_slices(volume, min_foreground)
+    slices = datasets.volume_slices(volume, min_foreground, keep_original=air_mask)
     unit = np.zeros(volume.data.shape, np.float32)
     progress = tf.keras.utils.Progbar(len(slices), unit_name="slice") if len(volume.data) > 1 else None
     for start in range(0, len(slices), batch_size):
         batch = slices[start : start + batch_size]
         for item, canvas in zip(batch, inference.translate_canvases(generator, datasets.stack(batch), batch_size)):
             unit[item.index] = preprocess.from_canvas(canvas, item.geometry)
+            if air_mask:
+                unit[item.index][masks.air_mask(item.original)] = 0.0
         if progress:
             progress.add(len(batch))
     return unit, len(slices)
 
 
-def output_paths(volumes: list[readers.Volume], input_spec: str, output: str) -> list[str]:
-    """Where each volume's translation goes (a folder for a DICOM series); refuses collisions and overwriting.
+def output_paths(volumes: list[readers.Volume], input_spec: str, output: str, overwrite: bool = False) -> list[str]:
+    """Where each volume's translation goes (a folder for a DICOM series); refuses collisions, an output folder
+    that is a file or lies inside the input folder, and overwriting an input unless `overwrite`.
 
     A folder `output` mirrors the inputs' paths relative to `input_spec` (or, for a file or glob,
     to the folder the inputs share).
@@ -51,6 +55,7 @@ def output_paths(volumes: list[readers.Volume], input_spec: str, output: str) ->
                              f"{len(volumes)} volume(s) ({found}); give a folder")
         targets = [output]
     else:
+        check_output_folder(input_spec, output)
         root = os.path.expanduser(input_spec)
         if not os.path.isdir(root):
             root = os.path.commonpath([_source_location(v) if v.kind == "dicom" else os.path.dirname(v.path)
@@ -58,12 +63,42 @@ def output_paths(volumes: list[readers.Volume], input_spec: str, output: str) ->
         targets = [os.path.normpath(os.path.join(output, _mirrored_name(v, root))) for v in volumes]
     written_from = {}
     for volume, target in zip(volumes, targets):
-        if os.path.realpath(target) == os.path.realpath(_source_location(volume)):
-            raise ValueError(f"{volume.path}: the output would overwrite this input; choose another --output")
+        if os.path.realpath(target) == os.path.realpath(_source_location(volume)) and not overwrite:
+            raise ValueError(f"{volume.path}: the output would overwrite this input; choose another --output, or "
+                             "pass --overwrite to replace it")
         if target in written_from and volume.kind != "dicom":  # series sharing a folder keep their file names
             raise ValueError(f"{written_from[target]} and {volume.path} would both be written to {target}")
         written_from[target] = volume.path
     return targets
+
+
+def check_output_folder(input_spec: str, output: str) -> None:
+    """Refuses a folder --output that is a file, or that lies inside a folder --input (searched recursively, it
+    would read the translations as inputs next time)."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f"--output={output} is a file, not a folder")
+    source = os.path.expanduser(input_spec)
+    if os.path.isdir(source):
+        inside, folder = os.path.realpath(output), os.path.realpath(source)
+        if inside != folder and os.path.commonpath([inside, folder]) == folder:
+            raise ValueError(f"--output={output} is inside --input={input_spec}, which is searched recursively; "
+                             "choose a folder outside it")
+
+
+def check_writable(output: str, targets: list[str]) -> None:
+    """Refuses an output whose folder (or the nearest existing parent it would be created in) cannot be written,
+    by trying: permission bits do not tell for root, read-only mounts or immutable folders."""
+    for target in sorted({os.path.dirname(os.path.abspath(t)) for t in targets}):
+        folder = target
+        while not os.path.exists(folder):
+            folder = os.path.dirname(folder)
+        if not os.path.isdir(folder):
+            raise ValueError(f"--output={output}: {folder} is a file, not a folder")
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            raise ValueError(f"--output={output}: cannot write in {folder} ({error.strerror or error})") from error
 
 
 def _source_location(volume: readers.Volume) -> str:
@@ -107,14 +142,15 @@ def check_model_direction(model: str, direction: str) -> None:
                          f"not --direction={direction}")
 
 
-def load_generator(direction: str, model: str | None, logdir: str) -> inference.Generator:
-    """The exported generator at `model`, else the `direction` generator of `logdir`'s newest checkpoint."""
+def load_generator(direction: str, model: str | None, logdir: str,
+                   checkpoint: str | None = None) -> inference.Generator:
+    """The exported generator at `model`, else the `direction` generator of `checkpoint` or `logdir`'s newest."""
     source = model or logdir
     try:
         if model:
             generator = inference.from_saved_model(model)
         else:
-            generators, step = inference.from_checkpoint(logdir)
+            generators, step = inference.from_checkpoint(logdir, checkpoint)
             generator = generators[direction]
     except (tf.errors.OpError, IndexError) as error:  # TensorFlow's errors for a truncated or corrupt SavedModel
         raise ValueError(f"{source}: unreadable model ({type(error).__name__}: {error})") from error
@@ -124,7 +160,8 @@ def load_generator(direction: str, model: str | None, logdir: str) -> inference.
 
 
 def translate(direction: str, input_spec: str, output: str, model: str | None, logdir: str, on_bad_file: str,
-              min_foreground: float, batch_size: int) -> int:
+              min_foreground: float, batch_size: int, air_mask: bool = True, checkpoint: str | None = None,
+              overwrite: bool = False) -> int:
     """Translates every volume `input_spec` names into `output`; returns how many were written.
 
     Cheap refusals (a card naming the other direction, unreadable inputs, output collisions)
@@ -134,10 +171,11 @@ def translate(direction: str, input_spec: str, output: str, model: str | None, l
     if model:
         check_model_direction(model, direction)  # before reading any volume
     volumes = readers.read_path(input_spec, on_bad_file)
-    targets = output_paths(volumes, input_spec, output)
-    generator = load_generator(direction, model, logdir)
+    targets = output_paths(volumes, input_spec, output, overwrite)
+    check_writable(output, targets)
+    generator = load_generator(direction, model, logdir, checkpoint)
     for volume, target in zip(volumes, targets):
-        unit, translated_count = translate_volume(generator, volume, min_foreground, batch_size)
+        unit, translated_count = translate_volume(generator, volume, min_foreground, batch_size, air_mask)
         write_translation(volume, unit, target, direction)
         skipped = len(unit) - translated_count
         logging.info("wrote %s from %s%s", target, volume.path,

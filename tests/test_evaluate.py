@@ -12,11 +12,12 @@ import skimage.metrics as skimage_metrics  # a dev dependency: missing means a b
 import tensorflow as tf
 from PIL import Image
 
-from data import layouts, phantom
+from data import layouts, masks, phantom
 from evaluation import protocol, report
 from models.networks import build_generator
 from rundir import flagfile
 from tests.helpers import checkpoint_step, script, summaries
+from tests.test_masks import reference_air
 
 DIRECTIONS = ("t1_to_t2", "t2_to_t1")
 CYCLES = {"t1_to_t2": "t1_cycle", "t2_to_t1": "t2_cycle"}
@@ -113,12 +114,19 @@ def synthetic_test_split() -> dict[str, list[np.ndarray]]:
     return {"t1_to_t2": [normalise(image) for image in t1], "t2_to_t1": [normalise(image) for image in t2]}
 
 
+def without_air(prediction: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """The air mask evaluate.py applies by default: 0 where the source is air (tests/test_masks.reference_air)."""
+    return np.where(reference_air(source), 0.0, prediction)
+
+
 def expected_comparisons(generators: dict, slices: dict, direction: str) -> dict[str, list]:
-    """Evaluation name -> (target, prediction) per slice: G or F, the identity baseline and the cycle."""
+    """Evaluation name -> (target, prediction) per slice: G or F (0 in the source's air), the identity baseline and
+    the cycle (from the masked translation, masked again)."""
     reverse = DIRECTIONS[1 - DIRECTIONS.index(direction)]
     sources, targets = slices[direction], slices[reverse]
-    translated = [run_generator(generators[direction], source) for source in sources]
-    reconstructed = [run_generator(generators[reverse], canvas) for canvas in translated]
+    translated = [without_air(run_generator(generators[direction], source), source) for source in sources]
+    reconstructed = [without_air(run_generator(generators[reverse], canvas), source)
+                     for canvas, source in zip(translated, sources)]
     return {
         direction: list(zip(targets, translated)),
         f"baseline_identity/{direction}": list(zip(targets, sources)),
@@ -162,14 +170,17 @@ def test_defaults_evaluate_the_runs_synthetic_test_split(trained_run, checkpoint
     step = checkpoint_step(trained_run)
     report_json = load_report(output_dir)
     assert report_json["checkpoint_step"] == step
-    assert report_json["data"] == {"test": "synthetic phantoms: 2 test subjects, seed 0", "pairs": 2, "subjects": 2}
+    assert report_json["data"] == {"test": "synthetic phantoms: 2 test subjects, seed 0", "pairs": 2, "subjects": 2,
+                                   "register": "world"}
+    assert report_json["air_mask"] is True and report_json["foreground_mask"]["mask"] == "auto"
+    assert report_json["foreground_mask"]["threshold"] == 0.1
 
     slices = synthetic_test_split()
     expected = {name: pairs for d in DIRECTIONS for name, pairs in expected_comparisons(checkpoint_generators,
                                                                                          slices, d).items()}
     rows = csv_rows(output_dir)
-    assert list(rows) == ["t1_to_t2", "baseline_identity/t1_to_t2", "t1_cycle",
-                          "t2_to_t1", "baseline_identity/t2_to_t1", "t2_cycle"]
+    assert list(rows) == [name for d in DIRECTIONS for name in (d, f"baseline_identity/{d}", f"baseline_histogram/{d}",
+                                                                f"oracle_intensity_map/{d}", CYCLES[d])]
     tags = summaries(output_dir)
     for name, pairs in expected.items():
         assert [row["subject"] for row in rows[name]] == ["synthetic-1000000", "synthetic-1000001"]
@@ -198,18 +209,21 @@ def test_direction_uses_its_generator(trained_run, checkpoint_generators, tmp_pa
     slices = synthetic_test_split()
     expected = expected_comparisons(checkpoint_generators, slices, direction)
     rows = csv_rows(output_dir)
-    assert list(rows) == list(expected)  # only this direction's evaluations
+    assert list(rows) == [direction, f"baseline_identity/{direction}", f"baseline_histogram/{direction}",
+                          f"oracle_intensity_map/{direction}", CYCLES[direction]]  # only this direction's
     for name, pairs in expected.items():
         assert_rows_match(rows[name], pairs, TOLERANCE, name)
     report_json = load_report(output_dir)
-    assert set(report_json) == {direction, CYCLES[direction], "baseline_identity", "checkpoint", "checkpoint_step",
-                                "data"}
+    assert set(report_json) == {direction, CYCLES[direction], "baseline_identity", "baseline_histogram",
+                                "oracle_intensity_map", "checkpoint", "checkpoint_step", "data", "air_mask",
+                                "foreground_mask"}
     assert set(report_json["baseline_identity"]) == {direction}
 
     # The other generator is far outside the tolerance, so a swapped direction fails the checks above.
     other = DIRECTIONS[1 - DIRECTIONS.index(direction)]
     target, translated = expected[direction][0]
-    swapped = reference_metrics(target, run_generator(checkpoint_generators[other], slices[direction][0]))
+    swapped = reference_metrics(target, without_air(run_generator(checkpoint_generators[other],
+                                                                  slices[direction][0]), slices[direction][0]))
     right = reference_metrics(target, translated)
     assert abs(swapped["ssim"] - right["ssim"]) > 100 * TOLERANCE["ssim"]["abs"], (swapped, right)
     assert abs(swapped["mae"] / right["mae"] - 1) > 100 * TOLERANCE["mae"]["rel"], (swapped, right)
@@ -283,8 +297,8 @@ def test_png_folders_match_scikit_image(trained_run, checkpoint_generators, tmp_
         # cropped back from the canvas.
         for n, source, size in zip(names, sources, SIZES):
             if max(size) <= CANVAS:
-                expected = crop_from_canvas(run_generator(checkpoint_generators[direction], pad_to_canvas(source)),
-                                            size)
+                expected = without_air(crop_from_canvas(run_generator(checkpoint_generators[direction],
+                                                                      pad_to_canvas(source)), size), source)
                 saved = read_png(output_dir / "predictions" / direction / n) / 65535
                 assert np.abs(saved - expected).max() <= PNG16_ATOL, (direction, n)
 
@@ -362,15 +376,15 @@ def test_data_dir_in_each_layout(trained_run, checkpoint_generators, tmp_path, w
 
     data = load_report(output_dir)["data"]
     assert data == {"test": f"data_dir={root} (layout detected), its test split",
-                    "pairs": len(shapes), "subjects": expected_subjects}
+                    "pairs": len(shapes), "subjects": expected_subjects, "register": "world"}
     rows = csv_rows(output_dir)
     for direction in DIRECTIONS:
         if layout != "cyclegan":
             assert [int(row["slice"]) for row in rows[direction]] == list(indices)
         assert_rows_match(rows[f"baseline_identity/{direction}"], expected_pairs[direction], TOLERANCE, direction)
     # G on each T1 slice (up to 256 px a side: padded to the canvas and cropped back) against T2.
-    translated = [(target, crop_from_canvas(run_generator(checkpoint_generators["t1_to_t2"], pad_to_canvas(source)),
-                                            shape))
+    translated = [(target, without_air(crop_from_canvas(run_generator(checkpoint_generators["t1_to_t2"],
+                                                                      pad_to_canvas(source)), shape), source))
                   for (target, source), shape in zip(expected_pairs["t1_to_t2"], shapes) if max(shape) <= CANVAS]
     assert translated
     kept_rows = [row for row, shape in zip(rows["t1_to_t2"], shapes) if max(shape) <= CANVAS]
@@ -440,3 +454,68 @@ def test_out_of_range_integer_flags_are_refused_by_the_flag_parser(tmp_path, fla
     result = script("evaluate.py", f"--logdir={tmp_path}", flag)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert f"Flags parsing error: flag {flag}" in result.stderr, result.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ real-world test data: other grids, masks, air
+
+
+def write_ixi_on_two_grids(root, write_nifti) -> None:
+    """Two IXI subjects whose T1 is sagittal and T2 axial on other voxel sizes (as in IXI), one analytic head each."""
+    from tests.test_resample import analytic_head, grid_points
+
+    t1_affine = np.array([[0, 0, -2.4, 36], [1.9, 0, 0, -46], [0, 1.9, 0, -30], [0, 0, 0, 1]])  # sagittal slices
+    t2_affine = np.array([[1.9, 0, 0, -40], [0, 1.9, 0, -46], [0, 0, 3.0, -28], [0, 0, 0, 1]])
+    for k in range(2):
+        t1, t2 = LAYOUT_PATHS["ixi"](k)
+        write_nifti(root / t1, analytic_head(grid_points(t1_affine, (48, 32, 30)), "t1") * (k + 1), t1_affine)
+        write_nifti(root / t2, analytic_head(grid_points(t2_affine, (40, 48, 20)), "t2") * (k + 1), t2_affine)
+
+
+def test_ixi_layout_on_different_grids_gives_paired_metrics(trained_run, tmp_path, write_nifti):
+    """The issue's done-when: evaluate.py on an IXI-layout folder whose T1 and T2 are on different grids."""
+    root = tmp_path / "ixi"
+    write_ixi_on_two_grids(root, write_nifti)
+    output_dir = tmp_path / "out"
+    result = evaluate(f"--logdir={trained_run}", f"--data_dir={root}", f"--output_dir={output_dir}")
+    assert "resampling the reference onto the source's grid" in result.stderr
+    report_json = load_report(output_dir)
+    pairs = report_json["data"]["pairs"]
+    assert set(pairs) == set(DIRECTIONS) and min(pairs.values()) > 0  # each direction on its source's grid
+    for direction in DIRECTIONS:
+        for head in ("baseline_identity", "baseline_histogram", "oracle_intensity_map"):
+            assert report_json[head][direction]["ssim"]["n"] == pairs[direction]
+        assert report_json[direction]["ssim_fg"]["n"] == pairs[direction]
+        # Aligned contrasts: the oracle map fitted on each pair explains most of the target.
+        assert report_json["oracle_intensity_map"][direction]["ssim"]["mean"] > 0.8
+    refused = script("evaluate.py", f"--logdir={trained_run}", f"--data_dir={root}", "--register=none",
+                     f"--output_dir={output_dir}")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: no paired test slices")
+
+
+def fake_generators() -> dict:
+    """G and F that paint a constant grey everywhere, air included: visible both with and without the air mask."""
+    return {name: (lambda batch: np.zeros_like(batch)) for name in DIRECTIONS}
+
+
+def test_air_mask_off_gives_the_raw_output_and_mask_rules_are_recorded():
+    spec = protocol.datasets.DataSpec(synthetic_test_subjects=2)
+    pairs = {d: protocol.datasets.test_pairs(spec) for d in DIRECTIONS}
+    data = {"test": "x", "pairs": 2, "subjects": 2}
+    masked = protocol.evaluate(fake_generators(), pairs, ["mae"], 8, "ck", 1, data, air_mask=True, mask="none")
+    raw = protocol.evaluate(fake_generators(), pairs, ["mae"], 8, "ck", 1, data, air_mask=False, mask="nonzero")
+    for (source, _, with_air), (_, _, grey) in zip(masked.compared["t1_to_t2"], raw.compared["t1_to_t2"]):
+        np.testing.assert_array_equal(grey, 0.5)
+        np.testing.assert_array_equal(with_air, np.where(reference_air(source.original), 0.0, 0.5))
+        assert reference_air(source.original).mean() > 0.3
+    assert report.json_report(masked)["foreground_mask"]["mask"] == "none"
+    assert report.json_report(raw)["air_mask"] is False
+    for row in masked.rows["t1_to_t2"]:  # --mask=none: every pixel
+        assert row["mae_fg"] == row["mae"]
+    for row in raw.rows["t1_to_t2"]:  # --mask=nonzero: the phantoms' noisy air is all "foreground"
+        assert row["mae_fg"] == row["mae"]
+    head = protocol.evaluate(fake_generators(), pairs, ["mae"], 8, "ck", 1, data, air_mask=False, mask="auto")
+    for row, (_, target, _) in zip(head.rows["t1_to_t2"], head.compared["t1_to_t2"]):  # --mask=auto: the head only
+        inside = masks.head_mask(target.original)
+        assert 0.2 < inside.mean() < 0.8
+        assert row["mae_fg"] == pytest.approx(np.mean(np.abs(target.original[inside].astype(np.float64) - 0.5)), rel=1e-12)

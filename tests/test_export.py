@@ -24,6 +24,7 @@ from models.networks import GENERATOR_PARAMS, build_generator
 from rundir import flagfile as run_flags
 from rundir.checkpoints import CHECKPOINT_DIR, latest_checkpoint
 from tests.helpers import checkpoint_step, script
+from tests.test_masks import reference_air
 
 CHECKS = ("saved_model", "translate_raw", "tflite_float32", "tflite_float16")
 # Against the independent forward pass, on [-1, 1] outputs (translate_raw: [0, 1]). Measured on the one-step
@@ -110,10 +111,14 @@ def raw_slice(height: int, width: int, peak: float) -> np.ndarray:
     return (out + noise) * np.float32(peak)  # the noise puts negatives in the air
 
 
-def project_path(generator, raw: np.ndarray) -> tuple[np.ndarray, float]:
-    """The project's own translation of a raw slice: normalize, to_canvas, generator, from_canvas; and the scale."""
-    canvas, geometry = preprocess.to_canvas(preprocess.normalize(raw))
+def project_path(generator, raw: np.ndarray, air_mask: bool = True) -> tuple[np.ndarray, float]:
+    """The project's own translation of a raw slice: normalize, to_canvas, generator, from_canvas, 0 in the air
+    (tests/test_masks.reference_air) unless `air_mask` is false; and the scale."""
+    normalised = preprocess.normalize(raw)
+    canvas, geometry = preprocess.to_canvas(normalised)
     unit = preprocess.from_canvas(inference.translate_canvases(generator, canvas[np.newaxis])[0], geometry)
+    if air_mask:
+        unit = np.where(reference_air(normalised), np.float32(0), unit)
     return unit, preprocess.intensity_scale(raw)
 
 
@@ -227,6 +232,8 @@ def test_json_card(exported, run_with_data_dir, direction):
     assert (preprocessing["percentile"], preprocessing["canvas"]) == (99.5, 256)
     assert preprocessing["network_range"] == [-1, 1]
     assert {"rule", "resize", "translate_raw"} <= preprocessing.keys()
+    assert card["air_mask"]["translate_raw"] is True and card["air_mask"]["serving_default"] is False
+    assert "border" in card["air_mask"]["rule"]
     assert card["artifacts"] == {"saved_model": direction, "tflite_float32": f"{direction}.tflite",
                                  "tflite_float16": f"{direction}_float16.tflite"}
     for check in CHECKS:
@@ -396,3 +403,24 @@ def test_translate_py_from_the_saved_model_matches_the_checkpoint(exported, dire
     scale = preprocess.intensity_scale(source * 7.0)
     assert np.abs(from_model.get_fdata() - from_checkpoint.get_fdata()).max() <= FLOAT32_TOLERANCE * scale
     assert from_model.get_fdata().max() > 0.1 * scale  # not a volume of zeros
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+def test_air_mask_false_exports_the_raw_output_and_the_card_says_so(tmp_path):
+    """translate_raw zeroes the air by default; exported with air_mask=False it is the network's output there."""
+    generator = tiny_generator()
+    raw = raw_slice(200, 230, peak=3000.0)
+    air = reference_air(preprocess.normalize(raw))
+    assert air.mean() > 0.3
+    for air_mask in (True, False):
+        folder = tmp_path / str(air_mask)
+        folder.mkdir()
+        (result,) = exporting.export({"t2_to_t1": generator}, ("t2_to_t1",), str(folder), with_tflite=False, step=7,
+                                     checkpoint="ckpt-7", training_flags={"synthetic_test_subjects": "2"},
+                                     air_mask=air_mask)
+        assert result.failed == []  # export.py's own check used the same rule
+        assert read_card(folder, "t2_to_t1")["air_mask"]["translate_raw"] is air_mask
+        outputs = tf.saved_model.load(str(folder / "t2_to_t1")).signatures["translate_raw"](image=tf.constant(raw))
+        expected, _ = project_path(lambda batch: generator(batch).numpy(), raw, air_mask)
+        assert np.abs(outputs["translated_unit"].numpy() - expected).max() <= FLOAT32_TOLERANCE
+        assert (outputs["translated_unit"].numpy()[air] == 0).all() == air_mask

@@ -27,6 +27,7 @@ from models.directions import DIRECTIONS
 from models.networks import build_generator
 from rundir.checkpoints import checkpoint_dir
 from tests.helpers import PERMUTED_LPS, ROOT, script, write_png
+from tests.test_masks import reference_air
 
 BRATS_T1 = "brats/BraTS-GLI-00001-000/BraTS-GLI-00001-000-t1n.nii.gz"
 # The stand-in generator of a direction computes tanh(gain x mean of each 2x2 block of the [-1, 1] canvas),
@@ -63,8 +64,10 @@ def standin_unit(direction: str, canvases: np.ndarray) -> np.ndarray:
     return preprocess.from_network(translated)
 
 
-def expected_translation(direction: str, slices: np.ndarray, min_foreground: float = 0.05) -> np.ndarray:
-    """translate.py's result for [S, H, W] raw slices with the stand-in, in the input's scale (images: [0, 1])."""
+def expected_translation(direction: str, slices: np.ndarray, min_foreground: float = 0.05,
+                         air_mask: bool = True) -> np.ndarray:
+    """translate.py's result for [S, H, W] raw slices with the stand-in, in the input's scale (images: [0, 1]);
+    with `air_mask` (the default) 0 where the slice is air (tests/test_masks.reference_air)."""
     scale = preprocess.intensity_scale(slices)
     out = np.zeros(slices.shape, np.float64)
     for index, raw in enumerate(slices):
@@ -73,6 +76,8 @@ def expected_translation(direction: str, slices: np.ndarray, min_foreground: flo
             continue
         canvas, geometry = preprocess.to_canvas(unit)
         out[index] = preprocess.from_canvas(standin_unit(direction, canvas[np.newaxis])[0], geometry)
+        if air_mask:
+            out[index][reference_air(unit)] = 0.0
     return out * scale
 
 
@@ -192,6 +197,12 @@ def test_real_brats_volume(shared_data, standin_run, tmp_path):
     assert nib.aff2axcodes(original.affine)[2] in "SI"  # axial slices along the third axis: sliced as stored
     expected = np.moveaxis(expected_translation("t1_to_t2", np.moveaxis(raw, -1, 0)), 0, -1)
     assert np.abs(out.get_fdata() - expected).max() <= UNIT_TOLERANCE * preprocess.intensity_scale(raw)
+    # Skull-stripped: the air is exact zeros around the head, and the output has exact zeros there too.
+    axial = np.moveaxis(raw, -1, 0)
+    scale = preprocess.intensity_scale(raw)
+    air = np.moveaxis(np.stack([reference_air(preprocess.normalize(s, scale)) for s in axial]), 0, -1)
+    assert np.all(raw[air] == 0) and air.mean() > 0.5
+    assert np.all(out.get_fdata()[air] == 0)
 
 
 # ---------------------------------------------------------------- DICOM
@@ -309,3 +320,16 @@ def test_file_output_for_many_volumes_and_overwriting_are_refused(folder_with_co
     assert_one_line_error(many, "give a folder")
     in_place = translate(f"--input={folder_with_corrupt_file}", f"--output={folder_with_corrupt_file}")
     assert_one_line_error(in_place, "would overwrite")
+
+
+def test_air_mask_false_writes_the_raw_network_output(standin_run, tmp_path, write_nifti):
+    """The stand-in G paints tanh(-2) grey into the air; --air_mask=false keeps it, the default zeroes it."""
+    volume = np.stack([head_phantom((96, 120)) * (1 + k / 10) for k in range(3)], axis=-1).astype(np.float32)
+    source = write_nifti(tmp_path / "t1.nii.gz", volume)
+    for flag, air_mask in (("--air_mask=false", False), ("--air_mask=true", True)):
+        output = tmp_path / f"{air_mask}.nii.gz"
+        assert_ok(translate(f"--input={source}", f"--output={output}", f"--logdir={standin_run}", flag))
+        written = nib.load(output).get_fdata()
+        expected = np.moveaxis(expected_translation("t1_to_t2", np.moveaxis(volume, -1, 0), air_mask=air_mask), 0, -1)
+        assert np.abs(written - expected).max() <= UNIT_TOLERANCE * preprocess.intensity_scale(volume)
+        assert (written[volume == 0] == 0).all() == air_mask  # the phantom's air is exact zeros

@@ -1,50 +1,170 @@
-"""Atomic, automatic checkpoints in the run's directory.
+"""Checkpoints in the run's directory: written only when they fit, verified after writing, and restored from
+the newest intact one.
 
-tf.train.CheckpointManager writes the data files first and then replaces the
-`checkpoint` index file atomically, so a run killed at any moment still has
-its last complete checkpoint.
+tf.train.CheckpointManager writes the data files first and then replaces the `checkpoint` state file
+atomically, so a run killed at any moment still has its last complete checkpoint. What that cannot
+prevent (a copy or sync that truncated a file, a lost index, flipped bits, a checkpoint of another
+configuration) is found on restore: such a checkpoint is set aside as *.corrupt and the next older one
+is tried.
 """
 
+import os
+import re
+import shutil
+
+import numpy as np
 import tensorflow as tf
 from absl import logging
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from rundir.checkpoints import checkpoint_dir
+from rundir.checkpoints import (CORRUPT_SUFFIX, OBJECT_GRAPH_KEY, checkpoint_dir, checkpoint_files, checkpoints_newest_first, damage,
+                                set_aside, set_aside_files, weights_dir)
 from training.cyclegan import NETWORKS, CycleGAN
 
 
-class NonFiniteWeightsError(RuntimeError):
+VARIABLES = (tf.Variable, tf.keras.Variable)  # Keras 3 weights are not tf.Variables
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be restored or written (none usable, no room, a bad write); the message is one line."""
+
+
+class NonFiniteWeightsError(CheckpointError):
     """A save was refused because a network holds NaN or Inf: writing it would replace a good checkpoint."""
+
+
+def weights_only(model: CycleGAN) -> tf.train.Checkpoint:
+    """The four networks and the step, without optimizers or pools: under the names the full checkpoint uses,
+    so models/inference.restore_generators reads either."""
+    return tf.train.Checkpoint(step=model.step, **{name: model.network(name) for name in NETWORKS})
 
 
 class Checkpointer:
     """Saves the whole training state (networks, optimizers, pools, step) under <logdir>/checkpoints, numbered
-    by the step, and restores the newest one; `last_saved_step` lets the loop skip a second save of a step."""
+    by the step, and restores the newest intact one; `last_saved_step` lets the loop skip a second save of a
+    step. Weights-only snapshots go to <logdir>/weights and are all kept."""
 
     def __init__(self, model: CycleGAN, logdir: str, max_to_keep: int = 3):
         self.model = model
+        self.logdir = logdir
+        self.max_to_keep = max_to_keep
         self.last_saved_step = None
         self.checkpoint = model.checkpoint()
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, checkpoint_dir(logdir), max_to_keep=max_to_keep
-        )
+        self.manager = tf.train.CheckpointManager(self.checkpoint, checkpoint_dir(logdir), max_to_keep=max_to_keep)
+        self.weights = weights_only(model)
+        self.weights_manager = tf.train.CheckpointManager(self.weights, weights_dir(logdir), max_to_keep=None)
 
-    def restore_latest(self) -> bool:
-        """Restores the newest checkpoint if there is one; returns whether it did."""
-        path = self.manager.latest_checkpoint
-        if path is None:
-            return False
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-        self.last_saved_step = int(self.model.step)
-        logging.info("resumed from %s at step %d", path, int(self.model.step))
-        return True
+    def restore_latest(self) -> str | None:
+        """Restores the newest intact checkpoint and returns its path; None for a new run.
+
+        Each damaged one on the way is logged in one line, set aside as *.corrupt and skipped. A restore that
+        failed part way may have assigned some variables; the checkpoint that succeeds matched every object of
+        the model (assert_existing_objects_matched), so it overwrote them all. Raises CheckpointError when
+        there were checkpoints but none is usable.
+        """
+        directory = checkpoint_dir(self.logdir)
+        for path in checkpoints_newest_first(directory):
+            checkpoint = self.model.checkpoint()  # a fresh root: nothing of a failed attempt is deferred to it
+            reason = damage(path) or self._restore(checkpoint, path)
+            if reason is None:
+                self.checkpoint = checkpoint
+                self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=self.max_to_keep)
+                self.last_saved_step = int(self.model.step)
+                logging.info("resumed from %s at step %d", path, int(self.model.step))
+                return path
+            set_aside(path)
+            logging.warning("damaged checkpoint %s: %s; set aside as %s*%s, trying the previous one",
+                            os.path.basename(path), reason, os.path.basename(path), CORRUPT_SUFFIX)
+        if set_aside_files(directory):
+            raise CheckpointError(f"no usable checkpoint in {directory}: every one is damaged (set aside as "
+                                  "*.corrupt); use another --logdir to start over")
+        return None
+
+    def _restore(self, checkpoint: tf.train.Checkpoint, path: str) -> str | None:
+        """Restores `path` into the model; the reason it is unusable, or None."""
+        try:
+            status = checkpoint.restore(path)
+            status.assert_existing_objects_matched()
+            status.assert_consumed()  # a checkpoint of another configuration has objects this model lacks
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError, TypeError) as error:
+            return f"does not restore into this model ({_first_line(error)})"
+        bad = self.non_finite_networks()
+        if bad:
+            return f"non-finite weights in {', '.join(bad)}"
+        return None
+
+    def non_finite_networks(self) -> list[str]:
+        return [name for name in NETWORKS
+                if not all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in self.model.network(name).weights)]
 
     def save(self) -> str:
-        """Writes a checkpoint numbered by the step, refusing non-finite weights."""
-        if not all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in self.network_weights()):
-            raise NonFiniteWeightsError(f"non-finite weights at step {int(self.model.step)}; checkpoint not written")
-        path = self.manager.save(checkpoint_number=int(self.model.step))
+        """Writes a checkpoint numbered by the step: refuses non-finite weights and a disk without room for it,
+        and verifies what was written."""
+        path = self._save(self.manager, self.checkpoint)
         self.last_saved_step = int(self.model.step)
         return path
 
-    def network_weights(self):
-        return [v for name in NETWORKS for v in self.model.network(name).weights]
+    def save_weights(self) -> str:
+        """Writes a weights-only snapshot <logdir>/weights/ckpt-<step>, checked as `save` checks."""
+        return self._save(self.weights_manager, self.weights)
+
+    def _save(self, manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoint) -> str:
+        step = int(self.model.step)
+        bad = self.non_finite_networks()
+        if bad:
+            raise NonFiniteWeightsError(f"non-finite weights in {', '.join(bad)} at step {step}; checkpoint not "
+                                        "written")
+        os.makedirs(manager.directory, exist_ok=True)
+        previous = manager.latest_checkpoint
+        needed = (files_size(previous) if previous else 0) or variables_size(checkpoint)
+        free = shutil.disk_usage(manager.directory).free
+        if free < needed:
+            kept = f"; {previous} is intact" if previous else ""
+            raise CheckpointError(f"not enough space for a checkpoint at step {step} in "
+                                  f"{manager.directory}: {free:,} bytes free, {needed:,} needed{kept}")
+        path = manager.save(checkpoint_number=step)
+        reason = damage(path) or mismatch(path, checkpoint)
+        if reason:
+            set_aside(path)
+            raise CheckpointError(f"checkpoint {path} is not whole after writing ({reason}); set aside as "
+                                  f"{os.path.basename(path)}*{CORRUPT_SUFFIX}")
+        return path
+
+
+def files_size(path: str) -> int:
+    return sum(os.path.getsize(name) for name in checkpoint_files(path))
+
+
+def variables_size(checkpoint: tf.train.Checkpoint) -> int:
+    """Bytes of every variable `checkpoint` writes: its size before the first one is written."""
+    variables = {id(v): v for v in tf.train.TrackableView(checkpoint).descendants() if isinstance(v, VARIABLES)}
+    return sum(int(np.prod(v.shape, dtype=np.int64)) * tf.as_dtype(v.dtype).size for v in variables.values())
+
+
+def mismatch(path: str, checkpoint: tf.train.Checkpoint) -> str | None:
+    """Where the written checkpoint `path` differs from the objects of `checkpoint`: a value its object graph
+    names that the index lacks, or a variable stored with another shape. None when it matches."""
+    reader = tf.train.load_checkpoint(path)
+    shapes = reader.get_variable_to_shape_map()
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+    live = {0: checkpoint}
+    for node_id, node in enumerate(graph.nodes):  # breadth first: a node's parent comes before it
+        obj = live.get(node_id)
+        children = tf.train.TrackableView(obj).children(obj) if obj is not None else {}
+        for child in node.children:
+            if child.local_name in children:
+                live.setdefault(child.node_id, children[child.local_name])
+        for attribute in node.attributes:
+            if attribute.checkpoint_key not in shapes:
+                return f"its index lacks {attribute.checkpoint_key}"
+            if isinstance(obj, VARIABLES) and list(obj.shape) != shapes[attribute.checkpoint_key]:
+                return (f"{attribute.checkpoint_key} has shape {shapes[attribute.checkpoint_key]}, "
+                        f"the model {list(obj.shape)}")
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    """The error's first line without TensorFlow's {{function_node ...}} prefix."""
+    text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", str(error).strip())
+    return text.splitlines()[0] if text else type(error).__name__

@@ -46,6 +46,10 @@ class RunConfig:
                                           "and on Ctrl-C/SIGTERM).", lower=1, resumable=True)
     keep_checkpoints: int = option(3, "Newest checkpoints kept (each holds the networks, optimizers and pools: about "
                                    "1.4 GB).", lower=1, resumable=True)
+    keep_weights_every_epochs: int | None = option(
+        None, "Also keep a weights-only snapshot (networks and step, about 0.45 GB) every this many epochs in "
+        "<logdir>/weights, all kept; evaluate.py, translate.py and export.py read one with --checkpoint.",
+        lower=1, resumable=True)
     log_every_steps: int = option(10, "Write scalar summaries every this many steps.", lower=1, resumable=True)
     summary_images: int = option(3, "Fixed samples shown as translation grids in TensorBoard each epoch (0: none).",
                                  lower=0, resumable=True)

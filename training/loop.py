@@ -22,7 +22,7 @@ from models.directions import DIRECTIONS
 from models.networks import TOTAL_PARAMS
 from rundir import flagfile
 from training import summaries
-from training.checkpoints import Checkpointer, NonFiniteWeightsError
+from training.checkpoints import CheckpointError, Checkpointer
 from training.config import RESUMABLE_FLAGS, STRUCTURAL_FLAGS, TrainConfig
 from training.cyclegan import NETWORKS, CycleGAN
 
@@ -164,12 +164,11 @@ def build_model(config: TrainConfig, plan: Plan, filters: int = DESIGN_FILTERS) 
 # ---------------------------------------------------------------- checkpoint
 
 def restore_or_start(checkpointer: Checkpointer) -> bool:
-    """Restores the newest checkpoint if there is one; returns whether it did."""
+    """Restores the newest intact checkpoint if there is one (setting damaged ones aside); returns whether it did."""
     try:
-        return checkpointer.restore_latest()
-    except (tf.errors.OpError, ValueError, AssertionError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise TrainingError(f"cannot resume from {checkpointer.manager.latest_checkpoint}: {reason}") from error
+        return checkpointer.restore_latest() is not None
+    except CheckpointError as error:
+        raise TrainingError(str(error)) from error
 
 
 def save_checkpoint(checkpointer: Checkpointer, logdir: str) -> str:
@@ -177,9 +176,19 @@ def save_checkpoint(checkpointer: Checkpointer, logdir: str) -> str:
     step = int(checkpointer.model.step)
     if checkpointer.last_saved_step == step:
         return checkpointer.manager.latest_checkpoint
+    return _checked_write(checkpointer.save, step, logdir)
+
+
+def save_weights_snapshot(checkpointer: Checkpointer, logdir: str) -> str:
+    """A weights-only snapshot at the current step (--keep_weights_every_epochs)."""
+    return _checked_write(checkpointer.save_weights, int(checkpointer.model.step), logdir)
+
+
+def _checked_write(write, step: int, logdir: str) -> str:
+    """`write()`, with what can go wrong (no room, a bad write, non-finite weights) as a one-line TrainingError."""
     try:
-        return checkpointer.save()
-    except NonFiniteWeightsError as error:
+        return write()
+    except CheckpointError as error:
         raise TrainingError(str(error)) from error
     except (OSError, tf.errors.OpError) as error:  # a full disk, say
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -324,6 +333,9 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
         for epoch in range(start // plan.steps_per_epoch, plan.epochs):
             logging.info("epoch %d/%d (learning rate %.3g)", epoch + 1, plan.epochs, float(model.learning_rate()))
             step_losses = run_epoch(run, epoch, stop)
+            every = config.run.keep_weights_every_epochs
+            if every and (epoch + 1) % every == 0:  # before the checkpoint: a resume after it would skip this
+                save_weights_snapshot(checkpointer, logdir)
             path = save_checkpoint(checkpointer, logdir)
             write_images(writer, model, data.samples, int(model.step))
             writer.flush()

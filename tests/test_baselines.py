@@ -1,0 +1,70 @@
+"""The non-learned rows: histogram matching against scikit-image, and the oracle intensity map as a ceiling."""
+
+import numpy as np
+import pytest
+import skimage.exposure
+
+from data import datasets, phantom, preprocess
+from evaluation import baselines
+
+BRATS = "brats/BraTS-GLI-00001-000/BraTS-GLI-00001-000-{}.nii.gz"
+
+
+def test_histogram_matching_equals_scikit_image():
+    t1, _ = phantom.paired_test(2, 1)
+    _, t2_train = phantom.unpaired_train(3, 2)
+    reference_slices = [preprocess.normalize(image) for image in t2_train]
+    reference = baselines.histogram_reference(reference_slices)
+    pooled = np.concatenate([s.ravel() for s in reference_slices])
+    for image in t1:
+        source = preprocess.normalize(image)
+        expected = skimage.exposure.match_histograms(source, pooled[np.newaxis])  # 2D like the source
+        # Same algorithm, same float64 interpolation, both rounded to float32 at the end.
+        np.testing.assert_array_equal(baselines.match_histogram(source, reference), expected)
+        assert np.abs(expected - source).max() > 0.1  # the check is not trivially met
+
+
+def mse(a, b) -> float:
+    return float(np.mean((np.asarray(a, np.float64) - b) ** 2))
+
+
+# The oracle's bins cost at most the spread of the source within a bin: (1 / bins)^2 / 12 of MSE against
+# a mapping that varies inside a bin (identity, histogram matching).
+BIN_ALLOWANCE = (1 / baselines.ORACLE_BINS) ** 2 / 12
+
+
+def slice_pairs(shared_data):
+    """Phantom pairs and, where present, every 10th slice pair of the shared BraTS case."""
+    t1, t2 = phantom.paired_test(4, 5)
+    pairs = [(preprocess.normalize(a), preprocess.normalize(b)) for a, b in zip(t1, t2)]
+    if shared_data is not None:
+        spec = datasets.DataSpec(test_a=str(shared_data / BRATS.format("t1n")),
+                                 test_b=str(shared_data / BRATS.format("t2w")))
+        pairs += [(a.original, b.original) for a, b in datasets.test_pairs(spec)[::10]]
+    return pairs
+
+
+@pytest.fixture
+def maybe_shared_data(request):
+    try:
+        return request.getfixturevalue("shared_data")
+    except pytest.skip.Exception:
+        return None
+
+
+def test_oracle_is_at_least_as_good_as_identity_and_histogram_matching(maybe_shared_data):
+    _, t2_train = phantom.unpaired_train(3, 2)
+    reference = baselines.histogram_reference([preprocess.normalize(image) for image in t2_train])
+    pairs = slice_pairs(maybe_shared_data)
+    for source, target in pairs:
+        oracle = mse(baselines.oracle_intensity_map(source, target), target)
+        assert oracle <= mse(source, target) + BIN_ALLOWANCE
+        assert oracle <= mse(baselines.match_histogram(source, reference), target) + BIN_ALLOWANCE
+        assert oracle < 0.5 * mse(source, target)  # T1 -> T2 is far from identity, the map is not
+
+
+def test_oracle_is_the_per_bin_mean():
+    source = np.array([[0.0, 0.001, 0.002], [0.5, 0.5, 0.999], [1.0, 0.5, 0.5]])
+    target = np.array([[1.0, 0.0, 0.0], [0.2, 0.4, 0.3], [0.5, 0.1, 0.1]])  # bin 0: mean 1/3, median 0
+    np.testing.assert_allclose(baselines.oracle_intensity_map(source, target),
+                               [[1 / 3] * 3, [0.2, 0.2, 0.4], [0.4, 0.2, 0.2]], rtol=1e-6)

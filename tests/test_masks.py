@@ -1,0 +1,133 @@
+"""Air masks (translate/evaluate/export outputs), head masks (`--mask=auto`) and mask files (`--mask=PATH`).
+
+The reference air mask here is written independently of data/masks.py (scikit-image's labelling,
+NumPy's median), and the in-graph version of models/serving.py must equal it bit for bit.
+"""
+
+import numpy as np
+import pytest
+import skimage.measure
+import tensorflow as tf
+
+from data import datasets, masks, phantom, preprocess
+from data.readers import BadFileError
+from models import serving
+
+SIZE = 96
+VENTRICLE = (slice(40, 56), slice(42, 54))  # inside the head, touching nothing but brain
+
+
+def reference_air(unit: np.ndarray) -> np.ndarray:
+    """The documented air rule, independently: border median + 6 MADs (at most 0.1), border-connected (4-neighbour)."""
+    unit = np.asarray(unit, np.float32)
+    border = np.concatenate([unit[0], unit[-1], unit[1:-1, 0], unit[1:-1, -1]])
+    median = np.float32(np.median(border))
+    if median > np.float32(0.05):
+        return np.zeros(unit.shape, bool)
+    level = min(median + np.float32(6) * np.float32(np.median(np.abs(border - median))), np.float32(0.1))
+    labels = skimage.measure.label(unit <= level, connectivity=1, background=0)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, edge[edge > 0])
+
+
+def head_phantom(noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A [0, 1] slice: an elliptic head (bright scalp ring, grey brain) with a ventricle darker than the air
+    (exact 0), and Rician-like noise of `noise` outside. Returns (slice, true head)."""
+    y, x = np.mgrid[:SIZE, :SIZE]
+    radius = ((y - 48) / 38) ** 2 + ((x - 48) / 32) ** 2
+    head = radius < 1
+    image = np.where(radius < 0.8, 0.5, np.where(head, 0.9, 0.0))
+    image[VENTRICLE] = 0.0
+    rng = np.random.default_rng(seed)
+    air = np.hypot(rng.normal(0, noise, image.shape), rng.normal(0, noise, image.shape))
+    return np.where(head, image, air).astype(np.float32), head
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.03], ids=["skull_stripped", "noisy"])
+def test_air_is_border_connected_background_and_keeps_a_dark_ventricle(noise):
+    unit, head = head_phantom(noise)
+    air = masks.air_mask(unit)
+    assert not air[head].any()  # nothing inside the head, the ventricle (0, below any air level) included
+    assert not air[VENTRICLE].any()
+    if noise == 0:
+        np.testing.assert_array_equal(air, ~head)  # every exact zero outside the head
+    else:
+        assert air[~head].mean() > 0.995  # the noise floor; a few noise peaks above the level stay
+    np.testing.assert_array_equal(air, reference_air(unit))
+
+
+def test_no_air_when_the_head_fills_the_border():
+    """A slice cropped inside the head: dark CSF touching the border is tissue, not air."""
+    unit = np.full((40, 40), 0.6, np.float32)
+    unit[10:20, 0:20] = 0.0
+    assert not masks.air_mask(unit).any()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_in_graph_air_mask_equals_numpys_bit_for_bit(seed):
+    t1, t2 = phantom.paired_test(2, seed)
+    in_graph = tf.function(serving.air_mask)
+    for image in (*t1, *t2, head_phantom(0.03, seed)[0]):
+        unit = preprocess.normalize(image)
+        for shape in (unit, np.pad(unit, ((3, 20), (0, 9))), unit[:70, 30:]):
+            np.testing.assert_array_equal(in_graph(tf.constant(shape)).numpy(), masks.air_mask(shape))
+
+
+def test_auto_head_mask_covers_the_head_and_not_the_air():
+    unit, head = head_phantom(0.03)
+    unit[2:6, 2:6] = 0.8  # a bright marker in the air, apart from the head: not the largest component
+    found = masks.head_mask(unit)
+    assert not found[2:6, 2:6].any()
+    assert found[head].mean() > 0.99  # the ventricle is a hole that is filled
+    assert found[~head].mean() < 0.01
+    assert masks.foreground("nonzero", unit, None)[~head].mean() > 0.99  # the old rule: the air noise counts
+
+
+# ---------------------------------------------------------------- mask files
+
+
+def two_subjects(root, write_nifti) -> dict[str, np.ndarray]:
+    """sub-01 and sub-02, T1 and T2 folders, and a masks/ folder with a different mask per subject."""
+    brains = {}
+    for k in (1, 2):
+        volume = np.zeros((32, 32, 4), np.float32)
+        volume[6:26, 6:26] = 100.0 * k
+        volume[10:22, 10:22] += 50
+        write_nifti(root / "t1" / f"sub-0{k}_T1w.nii.gz", volume)
+        write_nifti(root / "t2" / f"sub-0{k}_T2w.nii.gz", 2 * volume)
+        brain = np.zeros(volume.shape, np.uint8)
+        brain[8 + k : 24, 8:24 - k] = 1
+        write_nifti(root / "masks" / f"sub-0{k}_brainmask.nii.gz", brain)
+        brains[f"sub-0{k}"] = brain
+    return brains
+
+
+def test_mask_files_are_matched_to_their_volumes(tmp_path, write_nifti):
+    brains = two_subjects(tmp_path, write_nifti)
+    spec = datasets.DataSpec(test_a=str(tmp_path / "t1"), test_b=str(tmp_path / "t2"))
+    pairs = datasets.test_pairs(spec, mask_path=str(tmp_path / "masks"))
+    assert {a.subject for a, _ in pairs} == {"sub-01", "sub-02"}
+    for a, b in pairs:
+        expected = brains[a.subject][::-1, ::-1, a.index].T  # readers' axial layout of an RAS volume
+        np.testing.assert_array_equal(a.mask, expected)
+        np.testing.assert_array_equal(b.mask, expected)
+
+
+def test_missing_mask_file_and_mismatched_mask_are_one_line_errors(tmp_path, write_nifti):
+    two_subjects(tmp_path, write_nifti)
+    spec = datasets.DataSpec(test_a=str(tmp_path / "t1"), test_b=str(tmp_path / "t2"))
+    with pytest.raises(BadFileError, match="no usable images") as missing:
+        datasets.test_pairs(spec, mask_path=str(tmp_path / "nowhere"))
+    (tmp_path / "masks" / "sub-02_brainmask.nii.gz").unlink()
+    with pytest.raises(BadFileError, match="no mask file for subject sub-02") as unmatched:
+        datasets.test_pairs(spec, mask_path=str(tmp_path / "masks"))
+    write_nifti(tmp_path / "png_like" / "sub-01_mask.nii.gz", np.ones((20, 20, 4), np.uint8))  # its own grid
+    spec_one = datasets.DataSpec(test_a=str(tmp_path / "t1" / "sub-01_T1w.nii.gz"),
+                                 test_b=str(tmp_path / "t2" / "sub-01_T2w.nii.gz"))
+    from PIL import Image
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(np.ones((20, 20), np.uint8)).save(tmp_path / "flat" / "sub-01_mask.png")
+    with pytest.raises(BadFileError, match="does not match") as mismatched:
+        datasets.test_pairs(spec_one, mask_path=str(tmp_path / "flat"))
+    for error in (missing, unmatched, mismatched):
+        assert "\n" not in str(error.value)
