@@ -34,16 +34,16 @@ class Checkpointer:
         if path is None:
             return False
         self.checkpoint.restore(path).assert_existing_objects_matched()
-        self.last_saved_step = int(self.model.step)
-        logging.info("resumed from %s at step %d", path, int(self.model.step))
+        self.last_saved_step = self.model.current_step
+        logging.info("resumed from %s at step %d", path, self.model.current_step)
         return True
 
     def save(self) -> str:
         """Writes a checkpoint numbered by the step, refusing non-finite weights."""
         if not all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in self.network_weights()):
-            raise NonFiniteWeightsError(f"non-finite weights at step {int(self.model.step)}; checkpoint not written")
-        path = self.manager.save(checkpoint_number=int(self.model.step))
-        self.last_saved_step = int(self.model.step)
+            raise NonFiniteWeightsError(f"non-finite weights at step {self.model.current_step}; checkpoint not written")
+        path = self.manager.save(checkpoint_number=self.model.current_step)
+        self.last_saved_step = self.model.current_step
         return path
 
     def network_weights(self):

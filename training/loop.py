@@ -21,7 +21,7 @@ from data import datasets, pipeline, preprocess, readers
 from models.directions import DIRECTIONS
 from models.networks import TOTAL_PARAMS
 from rundir import flagfile
-from training import summaries
+from training import distribute, summaries
 from training.checkpoints import Checkpointer, NonFiniteWeightsError
 from training.config import RESUMABLE_FLAGS, STRUCTURAL_FLAGS, TrainConfig
 from training.cyclegan import NETWORKS, CycleGAN
@@ -97,14 +97,23 @@ def flag_changes(logdir: str, config: TrainConfig) -> dict[str, tuple[str, str]]
     return changes
 
 
-def configure_tensorflow(config: TrainConfig) -> bool:
-    """Seeds, determinism and precision; returns whether the step is compiled with XLA."""
+def configure_tensorflow(config: TrainConfig) -> tuple[tf.distribute.Strategy, bool]:
+    """The distribution strategy, seeds, determinism and precision; returns the strategy and whether the step
+    is compiled with XLA."""
+    try:
+        strategy = distribute.make_strategy(config.run.strategy, config.run.cpu_replicas)
+    except ValueError as error:
+        raise TrainingError(str(error)) from error
+    replicas = strategy.num_replicas_in_sync
+    if config.run.batch_size % replicas:
+        raise TrainingError(f"--batch_size={config.run.batch_size} does not divide evenly over {replicas} replicas")
+    logging.info("strategy %s, per-replica batch %d", distribute.describe(strategy), config.run.batch_size // replicas)
     tf.keras.utils.set_random_seed(config.run.seed)
     if config.run.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.mixed_precision.set_global_policy(config.model.precision)
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    return {"true": True, "false": False, "auto": on_gpu}[config.model.xla]
+    return strategy, {"true": True, "false": False, "auto": on_gpu}[config.model.xla]
 
 
 # ---------------------------------------------------------------- input
@@ -141,11 +150,17 @@ def make_plan(config: TrainConfig, data: TrainingData) -> Plan:
     return Plan(steps_per_epoch, run.epochs, decay_epoch * steps_per_epoch)
 
 
-def epoch_batches(config: TrainConfig, data: TrainingData, epoch: int, skip: int):
-    """The epoch's batches from `skip` on: the same for a resumed run as for an uninterrupted one."""
-    dataset = pipeline.unpaired_dataset(data.slices_a, data.slices_b, config.run.batch_size, config.run.seed,
-                                        config.augment, epoch, skip)
-    return iter(dataset)
+def epoch_batches(config: TrainConfig, data: TrainingData, epoch: int, skip: int,
+                  strategy: tf.distribute.Strategy | None = None):
+    """The epoch's batches from global step `skip` on, split over the replicas: the same for a resumed run as
+    for an uninterrupted one, and the same images whatever the replica count."""
+
+    def dataset_for(batch_size: int, skip_batches: int):
+        return pipeline.unpaired_dataset(data.slices_a, data.slices_b, batch_size, config.run.seed, config.augment,
+                                         epoch, skip_batches)
+
+    return distribute.replica_batches(dataset_for, config.run.batch_size, strategy or tf.distribute.get_strategy(),
+                                      skip)
 
 
 # ---------------------------------------------------------------- model
@@ -174,7 +189,7 @@ def restore_or_start(checkpointer: Checkpointer) -> bool:
 
 def save_checkpoint(checkpointer: Checkpointer, logdir: str) -> str:
     """Saves the state at the current step (once per step); the previous checkpoint stays intact on failure."""
-    step = int(checkpointer.model.step)
+    step = checkpointer.model.current_step
     if checkpointer.last_saved_step == step:
         return checkpointer.manager.latest_checkpoint
     try:
@@ -240,18 +255,19 @@ class Run:
     checkpointer: Checkpointer
     writer: object
     train_step: object
+    strategy: tf.distribute.Strategy
 
 
 def run_epoch(run: Run, epoch: int, stop: StopRequest) -> dict[str, float]:
     """Trains from the current step to the end of `epoch`; returns the last step's losses."""
     config, plan, model = run.config, run.plan, run.model
-    step = int(model.step)
+    step = model.current_step
     # A live bar on a terminal; one line per epoch in a log file.
     progress = tf.keras.utils.Progbar(plan.steps_per_epoch, stateful_metrics=["lr"],
                                       verbose=1 if sys.stdout.isatty() else 2)
     done_in_epoch = step - epoch * plan.steps_per_epoch
     progress.update(done_in_epoch)
-    batches = epoch_batches(config, run.data, epoch, done_in_epoch)
+    batches = epoch_batches(config, run.data, epoch, done_in_epoch, run.strategy)
     tick, tick_step = time.perf_counter(), step
     step_losses = {}
     while step < (epoch + 1) * plan.steps_per_epoch:
@@ -285,7 +301,7 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
     except OSError as error:
         raise TrainingError(f"--logdir={logdir}: {error.strerror or error}") from error
     changes = flag_changes(logdir, config)
-    xla = configure_tensorflow(config)
+    strategy, xla = configure_tensorflow(config)
 
     # ------------------------------------------------------------ input
     data = load_data(config)
@@ -293,12 +309,13 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
     logging.info("%d steps per epoch, %d in all", plan.steps_per_epoch, plan.total_steps)
 
     # ------------------------------------------------------------ model
-    model, param_counts = build_model(config, plan, filters)
+    with strategy.scope():  # networks, optimizers, pools and step live on every replica
+        model, param_counts = build_model(config, plan, filters)
 
     # ------------------------------------------------------------ checkpoint
     checkpointer = Checkpointer(model, logdir, max_to_keep=config.run.keep_checkpoints)
     resumed = restore_or_start(checkpointer)
-    start = int(model.step)
+    start = model.current_step
     if start >= plan.total_steps:
         logging.info("nothing to do: step %d already reaches the planned %d steps", start, plan.total_steps)
         return start
@@ -314,10 +331,10 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
         write_run_description(writer, config, param_counts)
 
     # ------------------------------------------------------------ update step
-    train_step = model.compiled_step(xla)
+    train_step = model.compiled_step(xla, strategy)
     logging.info("step %s XLA, precision %s, %s parameters", "with" if xla else "without", config.model.precision,
                  f"{param_counts['total']:,}")
-    run = Run(config, logdir, plan, data, model, checkpointer, writer, train_step)
+    run = Run(config, logdir, plan, data, model, checkpointer, writer, train_step, strategy)
 
     # ------------------------------------------------------------ loop
     with StopRequest() as stop:
@@ -325,10 +342,10 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
             logging.info("epoch %d/%d (learning rate %.3g)", epoch + 1, plan.epochs, float(model.learning_rate()))
             step_losses = run_epoch(run, epoch, stop)
             path = save_checkpoint(checkpointer, logdir)
-            write_images(writer, model, data.samples, int(model.step))
+            write_images(writer, model, data.samples, model.current_step)
             writer.flush()
-            logging.info("epoch %d done at step %d; %s | %s", epoch + 1, int(model.step), path,
+            logging.info("epoch %d done at step %d; %s | %s", epoch + 1, model.current_step, path,
                          " ".join(f"{name}={value:.4f}" for name, value in step_losses.items()))
     writer.close()
-    logging.info("finished: %d steps in %s", int(model.step), logdir)
-    return int(model.step)
+    logging.info("finished: %d steps in %s", model.current_step, logdir)
+    return model.current_step
