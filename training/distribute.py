@@ -37,10 +37,12 @@ def cluster_workers() -> int:
 
 
 def make_strategy(name: str, cpu_replicas: int) -> tf.distribute.Strategy:
-    """The strategy `--strategy` names (see the module docstring for `auto`)."""
-    if cpu_replicas > 1:
-        split_cpu(cpu_replicas)
-    gpus = tf.config.list_logical_devices("GPU")
+    """The strategy `--strategy` names (see the module docstring for `auto`).
+
+    Called before anything starts TensorFlow's devices: MultiWorkerMirroredStrategy must configure its
+    collectives first, and the CPU split must precede device initialisation.
+    """
+    gpus = tf.config.list_physical_devices("GPU")  # does not start the devices
     if name == "auto":
         if cluster_workers() > 1:
             name = "multi_worker"
@@ -48,16 +50,21 @@ def make_strategy(name: str, cpu_replicas: int) -> tf.distribute.Strategy:
             name = "mirrored"
         else:
             name = "one_device"
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ and "SLURM_JOB_ID" in os.environ:
+            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+        else:
+            resolver = None  # TF_CONFIG
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        if cpu_replicas > 1:
+            raise ValueError("--cpu_replicas applies to one machine; multi_worker uses one CPU device per worker")
+        return strategy
+    if cpu_replicas > 1:
+        split_cpu(cpu_replicas)
     if name == "one_device":
         return tf.distribute.get_strategy()
-    if name == "mirrored":
-        devices = gpus or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([device.name for device in devices])
-    if "TF_CONFIG" not in os.environ and "SLURM_JOB_ID" in os.environ:
-        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
-    else:
-        resolver = None  # TF_CONFIG
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([device.name for device in devices])
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
@@ -70,6 +77,22 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if resolver is None or not resolver.task_type:
         return True
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def any_worker(strategy: tf.distribute.Strategy):
+    """A function flag -> whether any worker's flag is set: every worker calls it at the same step, so that a
+    signal on one worker stops all of them there (they save together, as TensorFlow requires)."""
+
+    @tf.function
+    def any_flag(flag):
+        per_replica = strategy.run(lambda value: tf.cast(value, tf.int32), args=(flag,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None) > 0
+
+    return lambda flag: bool(any_flag(tf.constant(flag)))
 
 
 def replica_batches(dataset_for, global_batch: int, strategy: tf.distribute.Strategy, skip: int):

@@ -256,25 +256,45 @@ class Run:
     writer: object
     train_step: object
     strategy: tf.distribute.Strategy
+    chief: bool  # writes the run's summaries, flags and progress (every process but non-chief workers)
+
+
+def stop_signal(run: Run, stop: StopRequest):
+    """A function giving the signal that stops the run before the next step, or None.
+
+    Under multi_worker every worker asks every step, so a SIGTERM (a preemption) on any worker stops all of
+    them at the same step; the others report it as SIGTERM too.
+    """
+    if not distribute.is_multi_worker(run.strategy):
+        return lambda: stop.signal
+    any_worker = distribute.any_worker(run.strategy)
+
+    def agreed():
+        anyone = any_worker(stop.signal is not None)  # every worker takes part, signalled or not
+        return stop.signal or ("SIGTERM" if anyone else None)
+
+    return agreed
 
 
 def run_epoch(run: Run, epoch: int, stop: StopRequest) -> dict[str, float]:
     """Trains from the current step to the end of `epoch`; returns the last step's losses."""
     config, plan, model = run.config, run.plan, run.model
     step = model.current_step
-    # A live bar on a terminal; one line per epoch in a log file.
+    # A live bar on a terminal; one line per epoch in a log file; none on non-chief workers.
     progress = tf.keras.utils.Progbar(plan.steps_per_epoch, stateful_metrics=["lr"],
-                                      verbose=1 if sys.stdout.isatty() else 2)
+                                      verbose=0 if not run.chief else 1 if sys.stdout.isatty() else 2)
+    stop_requested = stop_signal(run, stop)
     done_in_epoch = step - epoch * plan.steps_per_epoch
     progress.update(done_in_epoch)
     batches = epoch_batches(config, run.data, epoch, done_in_epoch, run.strategy)
     tick, tick_step = time.perf_counter(), step
     step_losses = {}
     while step < (epoch + 1) * plan.steps_per_epoch:
-        if stop.signal:
+        signal_name = stop_requested()
+        if signal_name:
             path = save_checkpoint(run.checkpointer, run.logdir)
             run.writer.flush()
-            raise Stopped(stop.signal, step, path)
+            raise Stopped(signal_name, step, path)
         lr = float(model.learning_rate())
         real_a, real_b = next(batches)
         step_losses = {name: float(value) for name, value in run.train_step(real_a, real_b).items()}
@@ -302,6 +322,7 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
         raise TrainingError(f"--logdir={logdir}: {error.strerror or error}") from error
     changes = flag_changes(logdir, config)
     strategy, xla = configure_tensorflow(config)
+    chief = distribute.is_chief(strategy)
 
     # ------------------------------------------------------------ input
     data = load_data(config)
@@ -322,11 +343,13 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
     if changes:
         logging.warning("resuming with %s", ", ".join(f"--{n}={new} (was {was})" for n, (was, new) in
                                                       sorted(changes.items())))
-        flagfile.record_changes(logdir, start, changes)
-    flagfile.save(logdir, config.as_flags())
+    if chief:
+        if changes:
+            flagfile.record_changes(logdir, start, changes)
+        flagfile.save(logdir, config.as_flags())
 
     # ------------------------------------------------------------ summaries
-    writer = tf.summary.create_file_writer(logdir)
+    writer = tf.summary.create_file_writer(logdir) if chief else tf.summary.create_noop_writer()
     if not resumed:
         write_run_description(writer, config, param_counts)
 
@@ -334,7 +357,7 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
     train_step = model.compiled_step(xla, strategy)
     logging.info("step %s XLA, precision %s, %s parameters", "with" if xla else "without", config.model.precision,
                  f"{param_counts['total']:,}")
-    run = Run(config, logdir, plan, data, model, checkpointer, writer, train_step, strategy)
+    run = Run(config, logdir, plan, data, model, checkpointer, writer, train_step, strategy, chief)
 
     # ------------------------------------------------------------ loop
     with StopRequest() as stop:
@@ -342,7 +365,8 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
             logging.info("epoch %d/%d (learning rate %.3g)", epoch + 1, plan.epochs, float(model.learning_rate()))
             step_losses = run_epoch(run, epoch, stop)
             path = save_checkpoint(checkpointer, logdir)
-            write_images(writer, model, data.samples, model.current_step)
+            if chief:
+                write_images(writer, model, data.samples, model.current_step)
             writer.flush()
             logging.info("epoch %d done at step %d; %s | %s", epoch + 1, model.current_step, path,
                          " ".join(f"{name}={value:.4f}" for name, value in step_losses.items()))
