@@ -68,7 +68,13 @@ def make_strategy(name: str, cpu_replicas: int) -> tf.distribute.Strategy:
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
-    return f"{type(strategy).__name__.lstrip('_')}, {strategy.num_replicas_in_sync} replica(s)"
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        kind = "MultiWorkerMirroredStrategy"
+    elif isinstance(strategy, tf.distribute.MirroredStrategy):
+        kind = "MirroredStrategy"
+    else:
+        kind = "the default single-device strategy"
+    return f"{kind}, {strategy.num_replicas_in_sync} replica(s)"
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

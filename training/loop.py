@@ -361,15 +361,21 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
 
     # ------------------------------------------------------------ loop
     with StopRequest() as stop:
-        for epoch in range(start // plan.steps_per_epoch, plan.epochs):
-            logging.info("epoch %d/%d (learning rate %.3g)", epoch + 1, plan.epochs, float(model.learning_rate()))
-            step_losses = run_epoch(run, epoch, stop)
-            path = save_checkpoint(checkpointer, logdir)
-            if chief:
-                write_images(writer, model, data.samples, model.current_step)
-            writer.flush()
-            logging.info("epoch %d done at step %d; %s | %s", epoch + 1, model.current_step, path,
-                         " ".join(f"{name}={value:.4f}" for name, value in step_losses.items()))
+        try:
+            for epoch in range(start // plan.steps_per_epoch, plan.epochs):
+                logging.info("epoch %d/%d (learning rate %.3g)", epoch + 1, plan.epochs,
+                             float(model.learning_rate()))
+                step_losses = run_epoch(run, epoch, stop)
+                path = save_checkpoint(checkpointer, logdir)
+                if chief:
+                    write_images(writer, model, data.samples, model.current_step)
+                writer.flush()
+                logging.info("epoch %d done at step %d; %s | %s", epoch + 1, model.current_step, path,
+                             " ".join(f"{name}={value:.4f}" for name, value in step_losses.items()))
+        except tf.errors.UnavailableError as error:  # multi_worker: a peer died (kill -9, a lost host)
+            reason = str(error).strip().splitlines()[0]
+            raise TrainingError(f"a worker stopped responding after step {model.current_step} ({reason}); rerun "
+                                "every worker's command to resume from the newest checkpoint") from error
     writer.close()
     logging.info("finished: %d steps in %s", model.current_step, logdir)
     return model.current_step
