@@ -441,3 +441,17 @@ def test_mirrored_run_keeps_one_pool_and_resumes_exactly(tmp_path, monkeypatch, 
 def test_a_batch_that_does_not_divide_over_the_replicas_is_a_one_line_error():
     with pytest.raises(loop.TrainingError, match=r"^--batch_size=3 does not divide evenly over 2 replicas$"):
         loop.configure_tensorflow(tiny_config(batch_size=3, strategy="mirrored", cpu_replicas=2))
+
+
+@pytest.mark.slow
+def test_profile_steps_writes_a_trace_tensorboard_shows(tmp_path):
+    train(tmp_path, epochs=1, profile_steps="2,3")
+    traces = [os.path.join(root, name) for root, _, names in os.walk(tmp_path / "plugins" / "profile")
+              for name in names if name.endswith(".xplane.pb")]
+    assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+
+
+@pytest.mark.parametrize("text", ["3", "2,x", "3,2", "0,1"])
+def test_bad_profile_steps_are_one_line_errors(text):
+    with pytest.raises(loop.TrainingError, match=f"^--profile_steps={text}: "):
+        loop.profile_range(tiny_config(profile_steps=text))

@@ -54,6 +54,8 @@ class RunConfig:
     keep_checkpoints: int = option(3, "Newest checkpoints kept (each holds the networks, optimizers and pools: about "
                                    "1.4 GB).", lower=1, resumable=True)
     log_every_steps: int = option(10, "Write scalar summaries every this many steps.", lower=1, resumable=True)
+    profile_steps: str | None = option(None, "Write a TensorBoard profiler trace of steps A to B (\"A,B\", 1-based, "
+                                       "inclusive) to the logdir (TensorBoard's Profile tab).", resumable=True)
     summary_images: int = option(3, "Fixed samples shown as translation grids in TensorBoard each epoch (0: none).",
                                  lower=0, resumable=True)
 

@@ -141,6 +141,20 @@ def load_data(config: TrainConfig) -> TrainingData:
     return TrainingData(datasets.stack(train_a), datasets.stack(train_b), samples)
 
 
+def profile_range(config: TrainConfig) -> tuple[int, int] | None:
+    """--profile_steps=A,B as (A, B); a one-line error for anything else."""
+    text = config.run.profile_steps
+    if not text:
+        return None
+    try:
+        first, last = (int(part) for part in text.split(","))
+    except ValueError:
+        raise TrainingError(f"--profile_steps={text}: give two step numbers, A,B") from None
+    if not 1 <= first <= last:
+        raise TrainingError(f"--profile_steps={text}: need 1 <= A <= B")
+    return first, last
+
+
 def make_plan(config: TrainConfig, data: TrainingData) -> Plan:
     run = config.run
     steps_per_epoch = run.steps_per_epoch or max(len(data.slices_a), len(data.slices_b)) // run.batch_size
@@ -257,6 +271,7 @@ class Run:
     train_step: object
     strategy: tf.distribute.Strategy
     chief: bool  # writes the run's summaries, flags and progress (every process but non-chief workers)
+    profile: tuple[int, int] | None  # steps traced by the profiler
 
 
 def stop_signal(run: Run, stop: StopRequest):
@@ -297,8 +312,13 @@ def run_epoch(run: Run, epoch: int, stop: StopRequest) -> dict[str, float]:
             raise Stopped(signal_name, step, path)
         lr = float(model.learning_rate())
         real_a, real_b = next(batches)
+        if run.profile and step + 1 == run.profile[0]:
+            tf.profiler.experimental.start(run.logdir)
         step_losses = {name: float(value) for name, value in run.train_step(real_a, real_b).items()}
         step += 1
+        if run.profile and step == run.profile[1]:
+            tf.profiler.experimental.stop()
+            logging.info("profiler trace of steps %d to %d written to %s/plugins/profile", *run.profile, run.logdir)
         check_finite(step, step_losses)
         if step % config.run.log_every_steps == 0 or step == plan.total_steps:
             now = time.perf_counter()
@@ -321,6 +341,7 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
     except OSError as error:
         raise TrainingError(f"--logdir={logdir}: {error.strerror or error}") from error
     changes = flag_changes(logdir, config)
+    profile = profile_range(config)
     strategy, xla = configure_tensorflow(config)
     chief = distribute.is_chief(strategy)
 
@@ -357,7 +378,8 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
     train_step = model.compiled_step(xla, strategy)
     logging.info("step %s XLA, precision %s, %s parameters", "with" if xla else "without", config.model.precision,
                  f"{param_counts['total']:,}")
-    run = Run(config, logdir, plan, data, model, checkpointer, writer, train_step, strategy, chief)
+    run = Run(config, logdir, plan, data, model, checkpointer, writer, train_step, strategy, chief,
+              profile if chief else None)
 
     # ------------------------------------------------------------ loop
     with StopRequest() as stop:
