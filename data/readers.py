@@ -39,15 +39,25 @@ the subject id the file name carries in IXI (IXI002-Guys-0828-T1 -> IXI002), BID
 (case7_t1, BraTS-GLI-00001-000-t1n -> case7, BraTS-GLI-00001-000); else the file stem.
 
 Bad input never produces a traceback from `read_path`: every failure is a
-`BadFileError` whose message is one line naming the file. Only the exceptions the
-libraries raise for corrupt files, and only around library calls, become BadFileError,
-so an exception from a bug in this module surfaces as itself.
+`BadFileError` whose message is one line naming the file (line breaks in a file name are
+escaped). Only the exceptions the libraries raise for corrupt files, and only around
+library calls, become BadFileError, so an exception from a bug in this module surfaces as
+itself. Headers are checked before any pixel is read: a NIfTI or DICOM header announcing
+more than MAX_VOXELS voxels (or, for an uncompressed .nii, more bytes than the file holds)
+is refused before anything is allocated; so are pixel types that are not real numbers,
+non-finite affines and DICOM pixel attributes that are not positive integers. Only regular
+files are read (a FIFO or device named like an image is refused, never opened), and a
+folder reached twice through symlinks is walked once. `tests/test_fuzz_readers.py` holds
+the readers to this over thousands of malformed files.
 """
 
 import dataclasses
 import glob
+import io
+import math
 import os
 import re
+import stat
 import struct
 import zlib
 
@@ -65,6 +75,9 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 ON_BAD_FILE = ("skip", "error")
+# Largest volume a header may announce: 512^3 voxels, 0.5 GiB as float32, several times a 0.5 mm
+# whole-head scan. Checked before reading, so a corrupt header cannot make a reader allocate 10^9 voxels.
+MAX_VOXELS = 512**3
 
 _GRAY_MODES = ("L", "I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
@@ -77,8 +90,9 @@ _SUBJECT_IN_NAME = (
 
 # What the libraries raise for corrupt or truncated files (found by truncating and corrupting
 # files of each format). Only library calls run under these, so a bug in our own code is
-# never reported as a bad file. Pillow raises TypeError for a TIFF without dimensions.
-_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError)
+# never reported as a bad file. Pillow raises TypeError for a TIFF without dimensions, KeyError
+# for a TIFF whose tags name an unknown mode (found by the fuzz test).
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, KeyError, Image.DecompressionBombError)
 _NIFTI_ERRORS = (
     nib.filebasedimages.ImageFileError,
     nib.spatialimages.HeaderDataError,
@@ -96,13 +110,16 @@ _DICOM_PARSE_ERRORS = (
     ValueError,
     TypeError,
     NotImplementedError,  # an unknown value representation
+    OverflowError,  # an IS value beyond float range ('1e400')
     struct.error,
+    zlib.error,  # a corrupt deflated transfer syntax
 )
 # Decoding pixel data: AttributeError when file meta has no transfer syntax, NotImplementedError
 # for a transfer syntax pydicom has no decoder for, RuntimeError when every decoder plugin fails,
-# struct.error for a corrupt encapsulated (compressed) frame table.
+# struct.error for a corrupt encapsulated (compressed) frame table, TypeError for an empty Pixel Data
+# value, StopIteration for an RLE file with fewer fragments than frames (found by the fuzz test).
 _DICOM_DECODE_ERRORS = (ValueError, AttributeError, NotImplementedError, RuntimeError, OSError, EOFError,
-                        struct.error)
+                        struct.error, TypeError, StopIteration)
 # Axes that cosines may differ by and still count as one orientation (DS values carry ~6 digits).
 _COSINE_TOLERANCE = 1e-4
 # DICOM patient coordinates are LPS; NIfTI world coordinates are RAS.
@@ -114,6 +131,9 @@ _STORED_AS_AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 class BadFileError(Exception):
     """An unusable file, series or folder; the message is one line that names it."""
+
+    def __init__(self, message: str):
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))  # a file name may hold line breaks
 
 
 @dataclasses.dataclass
@@ -145,9 +165,17 @@ def subject_from_name(path: str) -> str:
 
 
 def walk_files(folder: str) -> list[str]:
-    """All non-hidden files under `folder`, sorted; hidden files and folders are skipped silently."""
-    found = []
+    """All non-hidden files under `folder`, sorted; hidden files and folders are skipped silently.
+
+    Symlinked folders are followed, each real folder once, so a link to a parent cannot loop.
+    """
+    found, seen = [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):
+        identity = os.stat(root)
+        if (identity.st_dev, identity.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((identity.st_dev, identity.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
     return found
@@ -243,14 +271,22 @@ def _expand(spec: str) -> tuple[list[str], str]:
 
 
 def _file_kind(path: str) -> str | None:
-    """'image', 'nifti' or 'dicom'; None for files that are none of these (ignored in folders)."""
+    """'image', 'nifti' or 'dicom'; None for files that are none of these (ignored in folders).
+
+    Only regular files are opened: reading a FIFO would wait forever, a device never end.
+    """
     if os.path.basename(path).upper() == "DICOMDIR":  # an index of the media, not an image
         return None
     try:
-        kind = _kind_by_name(path) or ("dicom" if _has_dicom_preamble(path) else None)
-        empty = kind is not None and os.path.getsize(path) == 0
+        mode = os.stat(path).st_mode
+        regular = stat.S_ISREG(mode)
+        kind = _kind_by_name(path) or ("dicom" if regular and _has_dicom_preamble(path) else None)
+        empty = kind is not None and regular and os.path.getsize(path) == 0
     except OSError as error:
         raise BadFileError(f"{path}: cannot open ({error.strerror or error})") from error
+    if kind is not None and not regular:
+        what = "a folder" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+        raise BadFileError(f"{path}: not a regular file ({what})")
     if empty:
         raise BadFileError(f"{path}: empty file (0 bytes)")
     return kind
@@ -291,12 +327,28 @@ def _checked(volume: Volume) -> Volume:
     return volume
 
 
+class _FileInMemory(io.BytesIO):
+    """A file's bytes, for Pillow and pydicom: a corrupt length field (a PNG chunk, a DICOM element)
+    then reads what the file holds, where a real file's read(n) would allocate all n bytes first.
+    Library messages show the path, not a buffer."""
+
+    def __init__(self, path: str):
+        with open(path, "rb") as file:
+            super().__init__(file.read())
+        self.name = path
+
+    def __repr__(self) -> str:
+        return repr(self.name)
+
+
 def _read_image(path: str) -> Volume:
     try:
-        with Image.open(path) as image:
-            mode = image.mode
-            pages = [np.asarray(page if page.mode in _GRAY_MODES else page.convert("RGB"))
-                     for page in ImageSequence.Iterator(image)]
+        with Image.open(_FileInMemory(path)) as image:
+            mode, pages, pixels = image.mode, [], 0
+            for page in ImageSequence.Iterator(image):
+                pixels += page.width * page.height
+                _check_voxel_count(path, (pixels,), f"{len(pages) + 1} pages, this one {page.width}x{page.height}")
+                pages.append(np.asarray(page if page.mode in _GRAY_MODES else page.convert("RGB")))
     except _IMAGE_ERRORS as error:
         raise BadFileError(f"{path}: unreadable image ({_one_line(error)})") from error
     if mode not in _GRAY_MODES:
@@ -316,7 +368,11 @@ def _gray_pixels(page: np.ndarray) -> np.ndarray:
 
 def _read_nifti(path: str) -> Volume:
     try:
-        image = nib.load(path, mmap=False)
+        image = nib.load(path, mmap=False)  # the header only: the data are read below
+    except _NIFTI_ERRORS as error:
+        raise BadFileError(f"{path}: unreadable NIfTI ({_one_line(error)})") from error
+    _check_nifti_header(path, image)
+    try:
         data = image.get_fdata(dtype=np.float32)
     except _NIFTI_ERRORS as error:
         raise BadFileError(f"{path}: unreadable NIfTI ({_one_line(error)})") from error
@@ -331,8 +387,30 @@ def _read_nifti(path: str) -> Volume:
     return Volume(path, "nifti", _to_axial(data, ornt), subject_from_name(path), {"image": image, "ornt": ornt})
 
 
+def _check_nifti_header(path: str, image) -> None:
+    """Refuse, before reading any voxel, what the header says that cannot be (or should not be) read."""
+    _check_voxel_count(path, image.shape, "x".join(map(str, image.shape)))
+    dtype = image.get_data_dtype()
+    if dtype.kind not in "biuf":
+        raise BadFileError(f"{path}: NIfTI data type {dtype} is not a real-valued scalar (RGB or complex?)")
+    if not path.lower().endswith(".gz"):
+        announced = int(image.dataobj.offset) + math.prod(image.shape) * dtype.itemsize
+        size = os.path.getsize(path)
+        if announced > size:
+            raise BadFileError(f"{path}: truncated NIfTI: its header announces {announced} bytes, the file has {size}")
+
+
+def _check_voxel_count(path: str, dimensions, described: str) -> None:
+    count = math.prod(int(d) for d in dimensions)
+    if count > MAX_VOXELS:
+        raise BadFileError(f"{path}: header announces {count} voxels ({described}), more than the limit of "
+                           f"{MAX_VOXELS}; a corrupt header, or a volume to crop first")
+
+
 def _orientation(path: str, affine: np.ndarray, depth: int, what: str) -> np.ndarray:
     """The voxel axes' closest RAS axes (nibabel `io_orientation`); one slice must be axial."""
+    if not np.isfinite(affine).all():
+        raise BadFileError(f"{path}: orientation unknown (the affine holds NaN or Inf)")
     ornt = io_orientation(affine)
     if np.isnan(ornt).any():
         raise BadFileError(f"{path}: orientation unknown (degenerate affine or ImageOrientationPatient)")
@@ -375,7 +453,7 @@ def _read_dicom(path: str) -> _DicomSlice:
         raise BadFileError(f"{path}: cannot open ({error.strerror or error})") from error
     try:
         # without the preamble we only get here because the extension claims DICOM
-        dataset = pydicom.dcmread(path, force=not has_preamble)
+        dataset = pydicom.dcmread(_FileInMemory(path), force=not has_preamble)
         for _ in dataset.iterall():  # values are parsed lazily: parse them here, where errors mean a bad file
             pass
     except _DICOM_PARSE_ERRORS as error:
@@ -384,14 +462,37 @@ def _read_dicom(path: str) -> _DicomSlice:
         raise BadFileError(f"{path}: DICOM without pixel data")
     if dataset.get("SamplesPerPixel", 1) != 1:
         raise BadFileError(f"{path}: colour DICOM (SamplesPerPixel={dataset.SamplesPerPixel}) is not supported")
+    rows, columns = _pixel_dimensions(path, dataset)
+    for keyword in ("RescaleSlope", "RescaleIntercept"):  # pydicom keeps a value that is not a number as text
+        values = _tag_numbers(path, dataset, keyword)
+        if values is not None and len(values) != 1:
+            raise BadFileError(f"{path}: {keyword} has {len(values)} values, not one")
     try:
         pixels = pydicom.pixels.apply_rescale(dataset.pixel_array, dataset)
     except _DICOM_DECODE_ERRORS as error:
         raise _unreadable_dicom(path, error) from error
-    pixels = pixels.reshape(-1, dataset.Rows, dataset.Columns).astype(np.float32)
+    pixels = pixels.reshape(-1, rows, columns).astype(np.float32)
     instance = _tag_numbers(path, dataset, "InstanceNumber")
     return _DicomSlice(path, dataset, pixels, _tag_numbers(path, dataset, "ImageOrientationPatient"),
                        _tag_numbers(path, dataset, "ImagePositionPatient"), None if instance is None else instance[0])
+
+
+def _pixel_dimensions(path: str, dataset: pydicom.Dataset) -> tuple[int, int]:
+    """Rows and Columns, checked with NumberOfFrames (positive integers, MAX_VOXELS in all) before decoding."""
+    dimensions = {}
+    for keyword in ("Rows", "Columns", "NumberOfFrames"):
+        values = _tag_numbers(path, dataset, keyword)
+        if values is None and keyword != "NumberOfFrames":
+            raise BadFileError(f"{path}: DICOM without {keyword}")
+        value = 1 if values is None else values[0]
+        if len(values if values is not None else [1]) != 1 or value != int(value) or value < 0:
+            raise BadFileError(f"{path}: {keyword} is not one positive integer ({dataset.get(keyword)!r})")
+        dimensions[keyword] = max(int(value), 1) if keyword == "NumberOfFrames" else int(value)  # 0 frames: 1
+    if not dimensions["Rows"] or not dimensions["Columns"]:
+        raise BadFileError(f"{path}: no pixels (Rows {dimensions['Rows']}, Columns {dimensions['Columns']})")
+    _check_voxel_count(path, dimensions.values(), "rows x columns x frames " + "x".join(
+        map(str, dimensions.values())))
+    return dimensions["Rows"], dimensions["Columns"]
 
 
 def _tag_numbers(path: str, dataset: pydicom.Dataset, keyword: str) -> np.ndarray | None:
@@ -405,7 +506,7 @@ def _tag_numbers(path: str, dataset: pydicom.Dataset, keyword: str) -> np.ndarra
     values = list(value) if isinstance(value, pydicom.multival.MultiValue) else [value]
     try:
         numbers = np.array([float(v) for v in values])
-    except ValueError as error:
+    except (ValueError, TypeError) as error:  # text, or bytes kept raw
         raise BadFileError(f"{path}: {keyword} is not numeric ({_one_line(error)})") from error
     if not np.isfinite(numbers).all():
         raise BadFileError(f"{path}: {keyword} is not finite ({numbers.tolist()})")

@@ -1,6 +1,6 @@
 """data/layouts.py: layout detection, subject ids, the disjoint unpaired split and test pairing."""
 
-import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,31 @@ def ixi_tree(root: Path, n_subjects: int, write_nifti) -> Path:
     return build(root, [f"IXI-{c}/{n}-{c}.nii.gz" for n in names for c in ("T1", "T2")], write_nifti)
 
 
+def ixi_files(root: Path, n_subjects: int, contrast: str) -> dict[str, list[str]]:
+    """What ixi_tree wrote for one contrast: subject id -> its file."""
+    return {f"IXI{100 + k:03d}": [str(root / f"IXI-{contrast}/IXI{100 + k:03d}-Guys-{k:04d}-{contrast}.nii.gz")]
+            for k in range(n_subjects)}
+
+
 def subjects(files: list[str], layout: str) -> set[str]:
     return {subject_id(path, layout) for path in files}
+
+
+def documented_split(people: list[str], test_fraction: float, seed: int) -> tuple[list[str], list[str], list[str]]:
+    """The module docstring's rule for two or more paired people: (test, domain A, domain B).
+
+    Shuffle the sorted people with random.Random(seed); hold out round(fraction * n) (at least one for a
+    non-zero fraction, always leaving one); the first ceil(half) of the rest train A, the others B.
+    """
+    order = sorted(people)
+    random.Random(seed).shuffle(order)
+    n_test = 0 if test_fraction == 0 else min(len(order) - 1, max(1, round(test_fraction * len(order))))
+    test, rest = order[:n_test], order[n_test:]
+    return test, rest[: (len(rest) + 1) // 2], rest[(len(rest) + 1) // 2 :]
+
+
+def files_of(tree: dict[str, list[str]], people: list[str]) -> list[str]:
+    return sorted(path for person in people for path in tree[person])
 
 
 def volume(subject: str) -> Volume:
@@ -60,12 +83,13 @@ def test_brats_layout_ignores_t1ce_and_flair(tmp_path, write_nifti):
     build(tmp_path, [f"BraTS-GLI-{k:05d}-000/BraTS-GLI-{k:05d}-000-{n}.nii.gz"
                      for k in range(4) for n in ("t1n", "t1c", "t2w", "t2f", "seg")], write_nifti)
     assert detect_layout(str(tmp_path)) == "brats"
-    files = layout_files(str(tmp_path), test_fraction=0.25)
-    everything = files.train_a + files.train_b + files.test_a + files.test_b
-    assert {os.path.basename(p).split("_")[-1].split("-")[-1] for p in everything} == {
-        "t1.nii.gz", "t2.nii.gz", "t1n.nii.gz", "t2w.nii.gz"}
-    assert subjects(files.test_a, "brats") == subjects(files.test_b, "brats")
-    assert len(subjects(files.test_a, "brats")) == 2  # 0.25 of 8 cases
+    files = layout_files(str(tmp_path), test_fraction=0.25, seed=0)
+    cases = [f"BraTS20_{k:03d}" for k in range(4)] + [f"BraTS-GLI-{k:05d}-000" for k in range(4)]
+    t1 = {c: [str(tmp_path / c / (f"{c}_t1.nii.gz" if "_" in c else f"{c}-t1n.nii.gz"))] for c in cases}
+    t2 = {c: [str(tmp_path / c / (f"{c}_t2.nii.gz" if "_" in c else f"{c}-t2w.nii.gz"))] for c in cases}
+    test, half_a, half_b = documented_split(cases, 0.25, seed=0)
+    assert len(test) == 2  # 0.25 of 8 cases
+    assert files == DomainFiles(files_of(t1, half_a), files_of(t2, half_b), files_of(t1, test), files_of(t2, test))
 
 
 def test_bids_layout_with_and_without_sessions(tmp_path, write_nifti):
@@ -79,12 +103,17 @@ def test_bids_layout_with_and_without_sessions(tmp_path, write_nifti):
     assert detect_layout(str(tmp_path)) == "bids"
     assert subject_id("sub-02_ses-1_T1w.nii", "bids") == "sub-02_ses-1"
     assert subject_id("sub-01_T1w.nii.gz", "bids") == "sub-01"
-    files = layout_files(str(tmp_path), test_fraction=0)
-    everything = files.train_a + files.train_b
-    assert len(everything) == 4 and not any("derivatives" in p or "FLAIR" in p for p in everything)
-    assert not subjects(files.train_a, "bids") & subjects(files.train_b, "bids")
-    people = [{s.split("_ses-")[0] for s in subjects(f, "bids")} for f in (files.train_a, files.train_b)]
-    assert not people[0] & people[1]  # sub-02's two sessions stay on one side
+    files = layout_files(str(tmp_path), test_fraction=0, seed=0)
+    anat = {"sub-01": "sub-01/anat/sub-01_", "sub-03": "sub-03/anat/sub-03_"}
+    t1 = {person: [str(tmp_path / f"{prefix}T1w.nii.gz")] for person, prefix in anat.items()}
+    t2 = {person: [str(tmp_path / f"{prefix}T2w.nii.gz")] for person, prefix in anat.items()}
+    t1["sub-02"] = [str(tmp_path / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii"),
+                    str(tmp_path / "sub-02/ses-2/anat/sub-02_ses-2_acq-fast_T1w.nii.gz")]
+    t2["sub-02"] = [str(tmp_path / "sub-02/ses-1/anat/sub-02_ses-1_T2w.nii"),
+                    str(tmp_path / "sub-02/ses-2/anat/sub-02_ses-2_T2w.nii.gz")]
+    # Split by person: sub-02's two sessions stay on one side; derivatives/ and FLAIR never appear.
+    _, half_a, half_b = documented_split(list(t1), 0, seed=0)
+    assert files == DomainFiles(files_of(t1, half_a), files_of(t2, half_b), [], [])
 
 
 def test_unknown_layout_is_a_clear_error(tmp_path, write_nifti):
@@ -111,12 +140,12 @@ def test_subject_id_from_the_name_unless_brats():
 def test_split_is_disjoint_complete_and_deterministic(tmp_path, write_nifti):
     ixi_tree(tmp_path, 10, write_nifti)
     files = layout_files(str(tmp_path), test_fraction=0.2, seed=3)
-    train_a, train_b = subjects(files.train_a, "ixi"), subjects(files.train_b, "ixi")
-    test = subjects(files.test_a, "ixi")
-    assert test == subjects(files.test_b, "ixi") and len(test) == 2
-    assert not train_a & train_b and not (train_a | train_b) & test
-    assert len(train_a | train_b | test) == 10 and {len(train_a), len(train_b)} == {4}
-    assert all(p.endswith("-T1.nii.gz") for p in files.train_a + files.test_a)
+    t1, t2 = ixi_files(tmp_path, 10, "T1"), ixi_files(tmp_path, 10, "T2")
+    test_ids, half_a, half_b = documented_split(list(t1), 0.2, seed=3)
+    assert (len(test_ids), len(half_a), len(half_b)) == (2, 4, 4)
+    assert files == DomainFiles(files_of(t1, half_a), files_of(t2, half_b), files_of(t1, test_ids),
+                                files_of(t2, test_ids))
+    test = set(test_ids)
     assert layout_files(str(tmp_path), test_fraction=0.2, seed=3) == files
     assert any(layout_files(str(tmp_path), test_fraction=0.2, seed=s) != files for s in range(4, 8))
     # the readers name volumes by IXI id, so the held-out T1 and T2 pair up
@@ -128,18 +157,24 @@ def test_split_is_disjoint_complete_and_deterministic(tmp_path, write_nifti):
 def test_single_contrast_subjects_train_their_domain(tmp_path, write_nifti):
     ixi_tree(tmp_path, 4, write_nifti)
     build(tmp_path, ["IXI-T1/IXI900-HH-1-T1.nii.gz", "IXI-T2/IXI901-HH-1-T2.nii.gz"], write_nifti)
-    files = layout_files(str(tmp_path))
-    assert "IXI900" in subjects(files.train_a, "ixi") and "IXI901" in subjects(files.train_b, "ixi")
-    assert len(subjects(files.test_a, "ixi")) == 1  # at least one of the 4 paired subjects
+    files = layout_files(str(tmp_path), test_fraction=0.1, seed=0)
+    t1, t2 = ixi_files(tmp_path, 4, "T1"), ixi_files(tmp_path, 4, "T2")
+    test, half_a, half_b = documented_split(list(t1), 0.1, seed=0)
+    assert len(test) == 1  # at least one of the 4 paired subjects
+    t1["IXI900"], t2["IXI901"] = [str(tmp_path / "IXI-T1/IXI900-HH-1-T1.nii.gz")], [str(
+        tmp_path / "IXI-T2/IXI901-HH-1-T2.nii.gz")]
+    assert files == DomainFiles(files_of(t1, half_a + ["IXI900"]), files_of(t2, half_b + ["IXI901"]),
+                                files_of(t1, test), files_of(t2, test))
 
 
 def test_two_subjects_one_test_one_shared_training(tmp_path, write_nifti, absl_warnings):
     ixi_tree(tmp_path, 2, write_nifti)
-    files = layout_files(str(tmp_path))
-    assert len(files.test_a) == len(files.test_b) == 1
-    assert subjects(files.train_a, "ixi") == subjects(files.train_b, "ixi")
-    assert not subjects(files.train_a, "ixi") & subjects(files.test_a, "ixi")
-    assert any("trains both domains" in m for m in absl_warnings())
+    files = layout_files(str(tmp_path), test_fraction=0.1, seed=0)
+    t1, t2 = ixi_files(tmp_path, 2, "T1"), ixi_files(tmp_path, 2, "T2")
+    (test,), (trains,), _ = documented_split(list(t1), 0.1, seed=0)
+    assert files == DomainFiles(t1[trains], t2[trains], t1[test], t2[test])
+    assert [m for m in absl_warnings() if "trains both domains" in m] == [
+        f"only one training subject ({trains}) has both T1 and T2: it trains both domains"]
 
 
 def test_invalid_arguments(tmp_path, write_nifti):

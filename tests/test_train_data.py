@@ -9,6 +9,7 @@ from pydicom.uid import generate_uid
 
 from data import datasets, phantom
 from tests.helpers import QUICK, checkpoint_step, script, write_dicom, write_png
+from tests.test_layouts import documented_split
 
 RUN = ["--epochs=1", "--steps_per_epoch=2", *QUICK]
 
@@ -117,19 +118,54 @@ def layout_tree(root: Path, layout: str, scans, subjects: int = 4) -> Path:
     return root
 
 
+SUBJECT_IDS = {"cyclegan": "s{}", "ixi": "IXI{:03d}", "brats": "BraTS-GLI-{:05d}-000", "bids": "sub-{:02d}"}
+# Slices are compared with numpy's float64 normalisation: a few float32 roundings of values in [0, 1].
+NORMALISED_TOLERANCE = 4 * 2.0**-24
+
+
+def normalised(volume: np.ndarray) -> np.ndarray:
+    """preprocess's documented rule, in float64: clip negatives, divide by the 99.5th percentile of the
+    positive voxels of the whole volume, clip to [0, 1]."""
+    volume = volume.astype(np.float64)
+    return np.clip(np.maximum(volume, 0) / np.percentile(volume[volume > 0], 99.5), 0, 1)
+
+
+def expected_slices(scans, subjects: list[int], contrast: int) -> dict[tuple[str, int], np.ndarray]:
+    """(subject, index) -> slice as layout_tree wrote each subject's 2-slice volume, normalised per volume."""
+    out = {}
+    for s in subjects:
+        volume = normalised(scans[contrast][[s, (s + 1) % 4]])
+        out.update({(s, index): volume[index] for index in range(2)})
+    return out
+
+
+def assert_slices(slices, expected: dict, layout: str, image=lambda s: s.image) -> None:
+    got = {(s.subject, s.index): image(s) for s in slices}
+    assert sorted(got) == sorted((SUBJECT_IDS[layout].format(s), index) for s, index in expected)
+    for (s, index), pixels in expected.items():
+        np.testing.assert_allclose(got[SUBJECT_IDS[layout].format(s), index], pixels, rtol=0,
+                                   atol=NORMALISED_TOLERANCE)
+
+
 @pytest.mark.parametrize("layout", ["cyclegan", "ixi", "brats", "bids"])
 def test_each_layout_is_detected_and_split(tmp_path, scans, layout):
+    """Which subject lands where (the documented split) and every pixel (the normalised source slices)."""
     root = layout_tree(tmp_path / layout, layout, scans)
     spec = datasets.DataSpec(data_dir=str(root))
     train_a, train_b = datasets.training_slices(spec)
     pairs = datasets.test_pairs(spec)
-    assert train_a and train_b and pairs
-    train_subjects = {s.subject for s in train_a} | {s.subject for s in train_b}
-    test_subjects = {a.subject for a, _ in pairs}
-    assert not train_subjects & test_subjects  # held-out subjects never train
-    if layout != "cyclegan":  # unpaired: no subject in both training domains
-        assert not {s.subject for s in train_a} & {s.subject for s in train_b}
+    if layout == "cyclegan":  # the folders decide: subjects 0-2 train both domains, subject 3 is the test pair
+        test, half_a, half_b = [3], [0, 1, 2], [0, 1, 2]
+    else:  # unpaired: the layouts' default test_fraction 0.1 and seed 0, over the subject ids
+        ids = [SUBJECT_IDS[layout].format(s) for s in range(4)]
+        test, half_a, half_b = ([ids.index(i) for i in part] for part in documented_split(ids, 0.1, seed=0))
+    assert_slices(train_a, expected_slices(scans, half_a, 0), layout)
+    assert_slices(train_b, expected_slices(scans, half_b, 1), layout)
     assert all(a.subject == b.subject and a.index == b.index for a, b in pairs)
+    for domain, contrast in ((0, 0), (1, 1)):
+        assert_slices([pair[domain] for pair in pairs], expected_slices(scans, test, contrast), layout)
+        assert_slices([pair[domain] for pair in pairs], expected_slices(scans, test, contrast), layout,
+                      image=lambda s: s.original)
 
 
 def test_train_py_with_data_dir(tmp_path, scans):
