@@ -455,3 +455,22 @@ def test_profile_steps_writes_a_trace_tensorboard_shows(tmp_path):
 def test_bad_profile_steps_are_one_line_errors(text):
     with pytest.raises(loop.TrainingError, match=f"^--profile_steps={text}: "):
         loop.profile_range(tiny_config(profile_steps=text))
+
+
+@pytest.mark.slow
+def test_cache_dir_trains_on_the_cached_slices(tmp_path):
+    """--cache_dir: the loop reads the same slices (to the cache's 16-bit precision) and trains on them."""
+    in_memory = loop.load_data(tiny_config())
+    cached = loop.load_data(tiny_config(cache_dir=str(tmp_path / "cache")))
+    assert len(cached.slices_a) == len(in_memory.slices_a) and len(cached.slices_b) == len(in_memory.slices_b)
+    for index in (0, len(in_memory.slices_a) - 1):
+        np.testing.assert_allclose(cached.slices_a[index], in_memory.slices_a[index], atol=0.5 / 65535 + 1e-7)
+    assert train(tmp_path / "run", cache_dir=str(tmp_path / "cache"), epochs=1, steps_per_epoch=2) == 2
+
+
+def test_data_larger_than_half_the_memory_is_refused_before_decoding(monkeypatch):
+    from data import cache
+
+    monkeypatch.setattr(cache, "available_memory_bytes", lambda: 1_000_000)
+    with pytest.raises(loop.TrainingError, match="more than half of the 0.0 GB available; pass --cache_dir=DIR"):
+        loop.load_data(tiny_config())

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from data import datasets, pipeline, preprocess, readers
+from data import cache, datasets, pipeline, preprocess, readers
 from models.directions import DIRECTIONS
 from models.networks import TOTAL_PARAMS
 from rundir import flagfile
@@ -85,7 +85,12 @@ def flag_changes(logdir: str, config: TrainConfig) -> dict[str, tuple[str, str]]
     saved = flagfile.load(logdir)
     if not saved:
         return {}
-    now = {name: flagfile.as_text(value) for name, value in config.as_flags().items() if value is not None}
+    def as_texts(flags: dict) -> dict[str, str]:
+        return {name: flagfile.as_text(value) for name, value in flags.items() if value is not None}
+
+    # A flag the run's file lacks (added to the code since) had its default.
+    saved = {**as_texts(TrainConfig().as_flags()), **saved}
+    now = as_texts(config.as_flags())
     changes = {name: (saved.get(name, "(unset)"), now.get(name, "(unset)"))
                for name in now.keys() | saved.keys() if saved.get(name) != now.get(name)}
     fixed = {name: change for name, change in changes.items() if name not in RESUMABLE_FLAGS}
@@ -120,25 +125,36 @@ def configure_tensorflow(config: TrainConfig) -> tuple[tf.distribute.Strategy, b
 
 @dataclasses.dataclass
 class TrainingData:
-    slices_a: np.ndarray  # [N, 256, 256] T1 in [0, 1]
-    slices_b: np.ndarray  # [M, 256, 256] T2 in [0, 1]
+    slices_a: np.ndarray | cache.CachedSlices  # [N, 256, 256] T1 in [0, 1], in memory or read from --cache_dir
+    slices_b: np.ndarray | cache.CachedSlices  # [M, 256, 256] T2 in [0, 1]
     samples: list  # (T1, T2) slices shown in TensorBoard each epoch
 
 
 def load_data(config: TrainConfig) -> TrainingData:
     """The training slices of both domains, and the fixed summary samples (test pairs when there are any)."""
-    spec = config.data
+    spec, count = config.data, config.run.summary_images
     try:
-        train_a, train_b = datasets.training_slices(spec)
+        if spec.cache_dir:
+            slices_a, slices_b, _ = cache.build_or_open(spec, spec.cache_dir)
+            fallback_samples = lambda: [(slices_a.slice(i), slices_b.slice(i))  # noqa: E731
+                                        for i in range(min(count, len(slices_a), len(slices_b)))]
+        else:
+            refusal = cache.memory_refusal(spec)
+            if refusal:
+                raise TrainingError(refusal)
+            train_a, train_b = datasets.training_slices(spec)
+            slices_a, slices_b = datasets.stack(train_a), datasets.stack(train_b)
+            fallback_samples = lambda: list(zip(train_a, train_b))[:count]  # noqa: E731
         try:
-            samples = datasets.test_pairs(spec)[: config.run.summary_images]
+            samples = datasets.test_pairs(spec)[:count]
         except (ValueError, readers.BadFileError):
-            samples = list(zip(train_a, train_b))[: config.run.summary_images]
-    except (ValueError, readers.BadFileError) as error:
-        raise TrainingError(str(error)) from error
-    logging.info("data: %d T1 and %d T2 training slices (%s)", len(train_a), len(train_b),
-                 "synthetic phantoms" if spec.synthetic else "files")
-    return TrainingData(datasets.stack(train_a), datasets.stack(train_b), samples)
+            samples = fallback_samples()
+    except (ValueError, readers.BadFileError, cache.CacheError, OSError) as error:
+        raise TrainingError(" ".join(str(error).split())) from error
+    logging.info("data: %d T1 and %d T2 training slices (%s%s)", len(slices_a), len(slices_b),
+                 "synthetic phantoms" if spec.synthetic else "files", f", cached in {spec.cache_dir}"
+                 if spec.cache_dir else "")
+    return TrainingData(slices_a, slices_b, samples)
 
 
 def profile_range(config: TrainConfig) -> tuple[int, int] | None:
