@@ -37,6 +37,9 @@ class DataSpec:
     synthetic_subjects: int = option(128, "Built-in data: synthetic training subjects per domain.", lower=1)
     synthetic_test_subjects: int = option(16, "Built-in data: synthetic paired test subjects.", lower=1)
     synthetic_seed: int = option(0, "Built-in data: seed of the synthetic phantoms.", lower=0)
+    cache_dir: str | None = option(None, "Preprocess the training slices once into this folder and stream them from "
+                                   "disk: data sets larger than memory (rebuilt when the data flags or files change).",
+                                   resumable=True)
 
     @classmethod
     def from_mapping(cls, values) -> "DataSpec":

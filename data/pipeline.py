@@ -9,11 +9,13 @@ from data.augment import AugmentOptions, augment
 def _domain(slices: np.ndarray, batch_size: int, seed: int, options: AugmentOptions | None) -> tf.data.Dataset:
     """One domain's endless stream of [-1, 1] batches; `slices` are [N, 256, 256] in [0, 1].
 
-    The decoded slices stay in host memory and the dataset shuffles indices into
-    them, so no copy lands in the graph (whose protos are limited to 2 GB).
+    `slices` is an array in host memory or a data.cache.CachedSlices that reads each slice from
+    disk when it is looked up; either way the dataset shuffles indices into it, so no copy lands
+    in the graph (whose protos are limited to 2 GB) and a cache keeps memory flat.
     """
-    slices = np.ascontiguousarray(slices, dtype=np.float32)
-    size = slices.shape[1:]
+    if isinstance(slices, np.ndarray):
+        slices = np.ascontiguousarray(slices, dtype=np.float32)
+    size = tuple(slices.shape[1:])
 
     def lookup(index):
         image = tf.numpy_function(lambda i: slices[i], [index], tf.float32, stateful=False)

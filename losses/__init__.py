@@ -1,6 +1,8 @@
 """CycleGAN objectives: adversarial (LSGAN or BCE), cycle consistency and identity.
 
-All losses take float32 tensors; callers cast mixed-precision outputs first.
+Each returns one value per example ([batch] from [batch, ...] inputs), the mean over that example's
+pixels or patches, so that the train step can average over the global batch across replicas
+(tf.nn.compute_average_loss). All losses take float32 tensors; callers cast mixed-precision outputs first.
 """
 
 import tensorflow as tf
@@ -13,12 +15,17 @@ def _check(kind: str) -> None:
         raise ValueError(f"unknown GAN loss {kind!r}; choose one of {', '.join(GAN_LOSSES)}")
 
 
+def per_example_mean(values: tf.Tensor) -> tf.Tensor:
+    """[batch, ...] -> [batch]: the mean over everything but the batch axis."""
+    return tf.reduce_mean(tf.reshape(values, (tf.shape(values)[0], -1)), axis=1)
+
+
 def _against(logits: tf.Tensor, target: float, kind: str) -> tf.Tensor:
-    """Mean adversarial loss of `logits` against a constant label (1 real, 0 fake)."""
+    """Per-example mean adversarial loss of `logits` against a constant label (1 real, 0 fake)."""
     labels = tf.fill(tf.shape(logits), tf.constant(target, logits.dtype))
     if kind == "lsgan":
-        return tf.reduce_mean(tf.square(logits - labels))
-    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+        return per_example_mean(tf.square(logits - labels))
+    return per_example_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
 
 
 def generator_adversarial(fake_logits: tf.Tensor, kind: str = "lsgan") -> tf.Tensor:
@@ -34,8 +41,8 @@ def discriminator_adversarial(real_logits: tf.Tensor, fake_logits: tf.Tensor, ki
 
 
 def l1(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """Mean absolute difference, the cycle and identity distance."""
-    return tf.reduce_mean(tf.abs(a - b))
+    """Per-example mean absolute difference, the cycle and identity distance."""
+    return per_example_mean(tf.abs(a - b))
 
 
 def cycle(real: tf.Tensor, reconstructed: tf.Tensor, lambda_cycle: float) -> tf.Tensor:

@@ -7,8 +7,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.helpers import QUICK, script
+
+# Two logical CPU devices, so that the in-process MirroredStrategy tests (--cpu_replicas=2) can run; this must
+# happen before TensorFlow starts its devices. Single-device code places everything on the first one.
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                           [tf.config.LogicalDeviceConfiguration()] * 2)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -45,7 +51,9 @@ def absl_warnings(caplog):
 def trained_run(tmp_path_factory) -> str:
     """The logdir of a one-step training run on the built-in data, shared by tests that only read it."""
     logdir = str(tmp_path_factory.mktemp("trained_run"))
-    result = script("train.py", "--epochs=1", "--steps_per_epoch=1", f"--logdir={logdir}", *QUICK)
+    # Written by MirroredStrategy over two CPU devices, so every tool is tested on a distributed run's checkpoint.
+    result = script("train.py", "--epochs=1", "--steps_per_epoch=1", f"--logdir={logdir}", "--strategy=mirrored",
+                    "--cpu_replicas=2", "--batch_size=2", *QUICK)
     assert result.returncode == 0, result.stderr[-3000:]
     return logdir
 

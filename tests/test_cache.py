@@ -204,9 +204,6 @@ def test_the_cache_refuses_to_become_one_array(tmp_path):
         np.asarray(slices_a)
 
 
-@pytest.mark.xfail(raises=cache.CacheError, strict=True,
-                   reason="data/pipeline.py _domain still copies `slices` into one float32 array; remove this marker "
-                          "when it indexes a cache.CachedSlices per slice")
 def test_the_pipeline_reads_the_cache_in_the_order_it_reads_memory(tmp_path):
     spec = DataSpec(synthetic_subjects=4)
     slices_a, slices_b, _ = cache.build_or_open(spec, str(tmp_path))

@@ -382,3 +382,95 @@ def test_data_dir_in_each_layout_trains_on_disjoint_subjects(tmp_path, write_nif
         np.testing.assert_allclose(got, on_canvas(image), atol=1e-6)
     assert train(tmp_path / "run", data_dir=str(root), epochs=1, steps_per_epoch=1) == 1
     assert flagfile.load(str(tmp_path / "run"))["data_dir"] == str(root)
+
+
+# ---------------------------------------------------------------- tf.distribute
+
+def one_step_on(strategy_name: str, replicas: int):
+    """Weights before and after one step of a narrow model (pool off, dropout off) with global batch 2."""
+    config = tiny_config(batch_size=2, pool_size=0, strategy=strategy_name, cpu_replicas=replicas)
+    strategy, _ = loop.configure_tensorflow(config)
+    assert strategy.num_replicas_in_sync == replicas
+    data = loop.load_data(config)
+    with strategy.scope():
+        model, _ = loop.build_model(config, loop.make_plan(config, data), filters=FILTERS)
+    for name in ("generator_g", "generator_f"):
+        for layer in model.network(name)._flatten_layers():
+            if isinstance(layer, tf.keras.layers.Dropout):
+                layer.rate = 0.0
+    before = {name: [w.numpy().copy() for w in model.network(name).trainable_weights] for name in NETWORKS}
+    real_a, real_b = next(loop.epoch_batches(config, data, 0, 0, strategy))
+    losses = {name: float(value) for name, value in model.compiled_step(False, strategy)(real_a, real_b).items()}
+    after = {name: [w.numpy() for w in model.network(name).trainable_weights] for name in NETWORKS}
+    return before, after, losses
+
+
+@pytest.mark.slow
+def test_two_replicas_of_batch_one_make_the_update_of_one_device_with_batch_two():
+    before, one_device, losses_one = one_step_on("one_device", 1)
+    before_mirrored, mirrored, losses_mirrored = one_step_on("mirrored", 2)
+    for name in NETWORKS:  # the same seeded start
+        assert all(np.array_equal(a, b) for a, b in zip(before[name], before_mirrored[name]))
+    assert losses_mirrored == pytest.approx(losses_one, rel=1e-5)
+    for name in NETWORKS:
+        # Adam's first step moves each weight by about lr * sign(gradient); float rounding of the two ways of
+        # summing the batch may flip a sign only where a gradient is ~0, so compare the whole update's norm.
+        change = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(one_device[name], before[name])))
+        difference = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(one_device[name], mirrored[name])))
+        assert change > 0 and difference / change < 1e-2, (name, difference, change)
+
+
+@pytest.mark.slow
+def test_mirrored_run_keeps_one_pool_and_resumes_exactly(tmp_path, monkeypatch, uninterrupted):
+    mirrored = dict(strategy="mirrored", cpu_replicas=2, batch_size=2)
+    train(tmp_path / "uninterrupted", **mirrored)
+    stop_with_sigterm_after(monkeypatch, 4)
+    with pytest.raises(loop.Stopped):
+        train(tmp_path / "resumed", **mirrored)
+    monkeypatch.undo()
+    assert train(tmp_path / "resumed", **mirrored) == 6
+    a, b = checkpoint_state(tmp_path / "uninterrupted"), checkpoint_state(tmp_path / "resumed")
+    assert [name for name in a if not np.array_equal(a[name], b[name])] == []
+    assert a["pool_a/count/.ATTRIBUTES/VARIABLE_VALUE"] == 12  # one pool: both replicas' fakes of 6 steps
+    assert a["pool_a/images/.ATTRIBUTES/VARIABLE_VALUE"].shape == (50, 256, 256, 1)
+    # The object graph is the single-device one, so evaluate.py, translate.py and export.py read it as they are.
+    single = checkpoint_state(uninterrupted)
+    assert {name: value.shape for name, value in a.items()} == {name: value.shape for name, value in single.items()}
+
+
+def test_a_batch_that_does_not_divide_over_the_replicas_is_a_one_line_error():
+    with pytest.raises(loop.TrainingError, match=r"^--batch_size=3 does not divide evenly over 2 replicas$"):
+        loop.configure_tensorflow(tiny_config(batch_size=3, strategy="mirrored", cpu_replicas=2))
+
+
+@pytest.mark.slow
+def test_profile_steps_writes_a_trace_tensorboard_shows(tmp_path):
+    train(tmp_path, epochs=1, profile_steps="2,3")
+    traces = [os.path.join(root, name) for root, _, names in os.walk(tmp_path / "plugins" / "profile")
+              for name in names if name.endswith(".xplane.pb")]
+    assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+
+
+@pytest.mark.parametrize("text", ["3", "2,x", "3,2", "0,1"])
+def test_bad_profile_steps_are_one_line_errors(text):
+    with pytest.raises(loop.TrainingError, match=f"^--profile_steps={text}: "):
+        loop.profile_range(tiny_config(profile_steps=text))
+
+
+@pytest.mark.slow
+def test_cache_dir_trains_on_the_cached_slices(tmp_path):
+    """--cache_dir: the loop reads the same slices (to the cache's 16-bit precision) and trains on them."""
+    in_memory = loop.load_data(tiny_config())
+    cached = loop.load_data(tiny_config(cache_dir=str(tmp_path / "cache")))
+    assert len(cached.slices_a) == len(in_memory.slices_a) and len(cached.slices_b) == len(in_memory.slices_b)
+    for index in (0, len(in_memory.slices_a) - 1):
+        np.testing.assert_allclose(cached.slices_a[index], in_memory.slices_a[index], atol=0.5 / 65535 + 1e-7)
+    assert train(tmp_path / "run", cache_dir=str(tmp_path / "cache"), epochs=1, steps_per_epoch=2) == 2
+
+
+def test_data_larger_than_half_the_memory_is_refused_before_decoding(monkeypatch):
+    from data import cache
+
+    monkeypatch.setattr(cache, "available_memory_bytes", lambda: 1_000_000)
+    with pytest.raises(loop.TrainingError, match="more than half of the 0.0 GB available; pass --cache_dir=DIR"):
+        loop.load_data(tiny_config())

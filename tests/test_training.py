@@ -18,43 +18,70 @@ def labelled(values, shape=(2, 2, 1)):
 def test_pool_fills_then_swaps_with_probability_half():
     pool = ImagePool(4, image_shape=(2, 2, 1), seed=3)
     query = tf.function(pool.query)
-    out = query(labelled([1, 2]))
+    out = query(labelled([1, 2]), 0)
     np.testing.assert_array_equal(out[:, 0, 0, 0], [1, 2])  # filling: returned as given
-    out = query(labelled([3, 4]))
+    out = query(labelled([3, 4]), 1)
     np.testing.assert_array_equal(out[:, 0, 0, 0], [3, 4])
     assert int(pool.count) == 4
     swapped = 0
     queries = 400
-    for value in range(5, 5 + queries):
+    for step, value in enumerate(range(5, 5 + queries), start=2):
         before = set(pool.images.numpy()[:, 0, 0, 0])
-        got = float(query(labelled([value]))[0, 0, 0, 0])
+        got = float(query(labelled([value]), step)[0, 0, 0, 0])
         after = list(pool.images.numpy()[:, 0, 0, 0])
         if got == value:  # kept: the pool is unchanged
             assert set(after) == before
         else:  # swapped: a stored image came out and the new one took its slot
             swapped += 1
             assert got in before and value in after and got not in after
+    # Binomial(400, 0.5): 0.4..0.6 is five standard deviations (0.025) either side.
     assert 0.4 < swapped / queries < 0.6
+
+
+def test_pool_within_one_batch_is_sequential():
+    """Images of one (gathered) batch go through the rule in order: the first two fill the pool, the third
+    meets a full pool and is either kept or swapped for one of them."""
+    pool = ImagePool(2, image_shape=(2, 2, 1), seed=5)
+    out = pool.query(labelled([1, 2, 3]), 0).numpy()[:, 0, 0, 0]
+    stored = set(pool.images.numpy()[:, 0, 0, 0])
+    assert list(out[:2]) == [1, 2] and int(pool.count) == 2
+    if out[2] == 3:
+        assert stored == {1, 2}
+    else:
+        assert out[2] in (1, 2) and stored == {3, 3 - out[2]}
+
+
+def test_pool_draws_depend_on_seed_and_step_only():
+    """The decisions are a function of (seed, step): two pools given the same history answer alike, whatever
+    happened in between, so every replica and a restored pool decide the same; another step decides anew."""
+    pools = [ImagePool(3, image_shape=(2, 2, 1), seed=1) for _ in range(2)]
+    for pool in pools:
+        for step, value in enumerate(range(3)):
+            pool.query(labelled([value]), step)
+    answers = [[float(pool.query(labelled([10 + step]), step)[0, 0, 0, 0]) for step in range(3, 40)] for pool in pools]
+    assert answers[0] == answers[1]
+    assert len(set(answers[0]) - set(range(10, 50))) > 0  # some were swapped for stored images
 
 
 def test_pool_size_zero_is_a_pass_through():
     pool = ImagePool(0, image_shape=(2, 2, 1))
     batch = labelled([7, 8])
-    assert pool.query(batch) is batch
+    assert pool.query(batch, 0) is batch
 
 
 def test_pool_save_and_restore(tmp_path):
     pool = ImagePool(3, image_shape=(2, 2, 1), seed=1)
-    for value in range(6):
-        pool.query(labelled([value]))
+    for step in range(6):
+        pool.query(labelled([step]), step)
     path = tf.train.Checkpoint(pool=pool).save(str(tmp_path / "pool"))
-    restored = ImagePool(3, image_shape=(2, 2, 1), seed=99)
+    restored = ImagePool(3, image_shape=(2, 2, 1), seed=1)
     tf.train.Checkpoint(pool=restored).restore(path).assert_consumed()
     np.testing.assert_array_equal(restored.images.numpy(), pool.images.numpy())
     assert int(restored.count) == 3
-    # The random state came back too: both pools now answer the same queries the same way.
-    for value in range(10, 20):
-        np.testing.assert_array_equal(pool.query(labelled([value])).numpy(), restored.query(labelled([value])).numpy())
+    # Both pools now answer the same queries the same way.
+    for step in range(6, 16):
+        np.testing.assert_array_equal(pool.query(labelled([step]), step).numpy(),
+                                      restored.query(labelled([step]), step).numpy())
 
 
 def test_linear_decay():

@@ -44,9 +44,12 @@ class Checkpointer:
     by the step, and restores the newest intact one; `last_saved_step` lets the loop skip a second save of a
     step. Weights-only snapshots go to <logdir>/weights and are all kept."""
 
-    def __init__(self, model: CycleGAN, logdir: str, max_to_keep: int = 3):
+    def __init__(self, model: CycleGAN, logdir: str, max_to_keep: int = 3, restore_logdir: str | None = None):
+        """`restore_logdir` (default `logdir`) is where the run's checkpoints are read: a non-chief worker of a
+        multi_worker run restores the chief's and writes its own into a temporary `logdir`."""
         self.model = model
         self.logdir = logdir
+        self.restore_logdir = restore_logdir or logdir
         self.max_to_keep = max_to_keep
         self.last_saved_step = None
         self.checkpoint = model.checkpoint()
@@ -62,16 +65,21 @@ class Checkpointer:
         the model (assert_existing_objects_matched), so it overwrote them all. Raises CheckpointError when
         there were checkpoints but none is usable.
         """
-        directory = checkpoint_dir(self.logdir)
+        directory = checkpoint_dir(self.restore_logdir)
+        owner = self.restore_logdir == self.logdir  # only the run's writer sets damaged checkpoints aside
         for path in checkpoints_newest_first(directory):
             checkpoint = self.model.checkpoint()  # a fresh root: nothing of a failed attempt is deferred to it
             reason = damage(path) or self._restore(checkpoint, path)
             if reason is None:
                 self.checkpoint = checkpoint
-                self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=self.max_to_keep)
-                self.last_saved_step = int(self.model.step)
-                logging.info("resumed from %s at step %d", path, int(self.model.step))
+                self.manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir(self.logdir),
+                                                          max_to_keep=self.max_to_keep)
+                self.last_saved_step = self.model.current_step
+                logging.info("resumed from %s at step %d", path, self.model.current_step)
                 return path
+            if not owner:
+                logging.warning("damaged checkpoint %s: %s; trying the previous one", os.path.basename(path), reason)
+                continue
             set_aside(path)
             logging.warning("damaged checkpoint %s: %s; set aside as %s*%s, trying the previous one",
                             os.path.basename(path), reason, os.path.basename(path), CORRUPT_SUFFIX)
@@ -101,7 +109,7 @@ class Checkpointer:
         """Writes a checkpoint numbered by the step: refuses non-finite weights and a disk without room for it,
         and verifies what was written."""
         path = self._save(self.manager, self.checkpoint)
-        self.last_saved_step = int(self.model.step)
+        self.last_saved_step = self.model.current_step
         return path
 
     def save_weights(self) -> str:
@@ -109,7 +117,7 @@ class Checkpointer:
         return self._save(self.weights_manager, self.weights)
 
     def _save(self, manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoint) -> str:
-        step = int(self.model.step)
+        step = self.model.current_step
         bad = self.non_finite_networks()
         if bad:
             raise NonFiniteWeightsError(f"non-finite weights in {', '.join(bad)} at step {step}; checkpoint not "

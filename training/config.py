@@ -38,7 +38,14 @@ class RunConfig:
                                      "epochs // 2).", lower=0, resumable=True)
     steps_per_epoch: int | None = option(None, "Steps per epoch (default: the larger domain's slice count // "
                                          "batch_size).", lower=1)
-    batch_size: int = option(1, "Images per domain per step.", lower=1)
+    batch_size: int = option(1, "Images per domain per step: the global batch, split evenly over the replicas.",
+                             lower=1)
+    strategy: str = option("auto", "tf.distribute strategy: auto (multi_worker when TF_CONFIG or SLURM names several "
+                           "workers, mirrored with several GPUs or --cpu_replicas > 1, else one_device), one_device, "
+                           "mirrored or multi_worker.", choices=("auto", "one_device", "mirrored", "multi_worker"),
+                           resumable=True)
+    cpu_replicas: int = option(1, "Split the CPU into this many logical devices, so that mirrored runs (and is "
+                               "tested) without GPUs.", lower=1, resumable=True)
     seed: int = option(0, "Seed for weights, data order, augmentation and pools.", lower=0)
     deterministic: bool = option(False, "Reproducible runs: TensorFlow op determinism (see README for how exact).",
                                  resumable=True)
@@ -51,6 +58,8 @@ class RunConfig:
         "<logdir>/weights, all kept; evaluate.py, translate.py and export.py read one with --checkpoint.",
         lower=1, resumable=True)
     log_every_steps: int = option(10, "Write scalar summaries every this many steps.", lower=1, resumable=True)
+    profile_steps: str | None = option(None, "Write a TensorBoard profiler trace of steps A to B (\"A,B\", 1-based, "
+                                       "inclusive) to the logdir (TensorBoard's Profile tab).", resumable=True)
     summary_images: int = option(3, "Fixed samples shown as translation grids in TensorBoard each epoch (0: none).",
                                  lower=0, resumable=True)
 

@@ -27,7 +27,9 @@ class CycleGAN(tf.Module):
     def __init__(self, config: ModelConfig, total_steps: int, decay_start: int, seed: int = 0, filters: int = 64):
         super().__init__(name="cyclegan")
         self.config = config
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        # The same on every replica: each adds 1 and the first replica's value is kept.
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
+                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.generator_g = build_generator("generator_g", filters)  # T1 -> T2
         self.generator_f = build_generator("generator_f", filters)  # T2 -> T1
         self.discriminator_x = build_discriminator("discriminator_x", filters)  # judges T1
@@ -38,6 +40,11 @@ class CycleGAN(tf.Module):
             self.optimizers[name].build(self.network(name).trainable_variables)
         self.pool_a = ImagePool(config.pool_size, seed=seed, name="pool_a")  # fake T1 images
         self.pool_b = ImagePool(config.pool_size, seed=seed + 1, name="pool_b")  # fake T2 images
+
+    @property
+    def current_step(self) -> int:
+        """The global step as a Python int (also when `step` is mirrored over replicas)."""
+        return int(self.step.numpy())
 
     def network(self, name: str) -> keras.Model:
         return getattr(self, name)
@@ -80,8 +87,19 @@ class CycleGAN(tf.Module):
         self.optimizers[name].apply_gradients(zip(grads, variables))
 
     def train_step(self, real_a: tf.Tensor, real_b: tf.Tensor) -> dict[str, tf.Tensor]:
-        """One update of G and F, then of D_X and D_Y on pooled fakes; returns every loss term."""
+        """One update of G and F, then of D_X and D_Y on pooled fakes, on this replica's part of the batch.
+
+        Every loss is averaged per example over the global batch (tf.nn.compute_average_loss), so each
+        replica returns its share and the replicas' gradients and losses sum to those of one device
+        taking the whole batch.
+        """
         config = self.config
+        context = tf.distribute.get_replica_context()
+        global_batch = real_a.shape[0] * context.num_replicas_in_sync
+
+        def average(per_example):
+            return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+
         f32 = lambda t: tf.cast(t, tf.float32)  # noqa: E731 - mixed-precision outputs to loss precision
         real_a, real_b = f32(real_a), f32(real_b)
         with tf.GradientTape(persistent=True) as tape:
@@ -90,20 +108,22 @@ class CycleGAN(tf.Module):
             fake_a = f32(self.generator_f(real_b, training=True))
             cycled_b = f32(self.generator_g(fake_a, training=True))
             out = {
-                "g/adversarial": losses.generator_adversarial(
+                "g/adversarial": average(losses.generator_adversarial(
                     f32(self.discriminator_y(fake_b, training=True)), config.gan_loss
-                ),
-                "f/adversarial": losses.generator_adversarial(
+                )),
+                "f/adversarial": average(losses.generator_adversarial(
                     f32(self.discriminator_x(fake_a, training=True)), config.gan_loss
-                ),
-                "cycle/a_to_b_to_a": losses.cycle(real_a, cycled_a, config.lambda_cycle),
-                "cycle/b_to_a_to_b": losses.cycle(real_b, cycled_b, config.lambda_cycle),
+                )),
+                "cycle/a_to_b_to_a": average(losses.cycle(real_a, cycled_a, config.lambda_cycle)),
+                "cycle/b_to_a_to_b": average(losses.cycle(real_b, cycled_b, config.lambda_cycle)),
             }
             if config.lambda_identity > 0:
                 same_b = f32(self.generator_g(real_b, training=True))
                 same_a = f32(self.generator_f(real_a, training=True))
-                out["g/identity"] = losses.identity(real_b, same_b, config.lambda_cycle, config.lambda_identity)
-                out["f/identity"] = losses.identity(real_a, same_a, config.lambda_cycle, config.lambda_identity)
+                out["g/identity"] = average(losses.identity(real_b, same_b, config.lambda_cycle,
+                                                            config.lambda_identity))
+                out["f/identity"] = average(losses.identity(real_a, same_a, config.lambda_cycle,
+                                                            config.lambda_identity))
             # One objective for both generators, as in the original: each network's gradient
             # only sees the terms that depend on it.
             generator_total = tf.add_n(list(out.values()))
@@ -113,19 +133,19 @@ class CycleGAN(tf.Module):
             self._apply(tape, scaled, name)
         del tape
 
-        pooled_a = self.pool_a.query(tf.stop_gradient(fake_a))
-        pooled_b = self.pool_b.query(tf.stop_gradient(fake_b))
+        pooled_a = self._pooled(self.pool_a, tf.stop_gradient(fake_a), context)
+        pooled_b = self._pooled(self.pool_b, tf.stop_gradient(fake_b), context)
         with tf.GradientTape(persistent=True) as tape:
-            out["d_x/total"] = losses.discriminator_adversarial(
+            out["d_x/total"] = average(losses.discriminator_adversarial(
                 f32(self.discriminator_x(real_a, training=True)),
                 f32(self.discriminator_x(pooled_a, training=True)),
                 config.gan_loss,
-            )
-            out["d_y/total"] = losses.discriminator_adversarial(
+            ))
+            out["d_y/total"] = average(losses.discriminator_adversarial(
                 f32(self.discriminator_y(real_b, training=True)),
                 f32(self.discriminator_y(pooled_b, training=True)),
                 config.gan_loss,
-            )
+            ))
             scaled = {
                 "discriminator_x": self._scaled("discriminator_x", out["d_x/total"]),
                 "discriminator_y": self._scaled("discriminator_y", out["d_y/total"]),
@@ -136,6 +156,17 @@ class CycleGAN(tf.Module):
         self.step.assign_add(1)
         return out
 
+    def _pooled(self, pool: ImagePool, fakes: tf.Tensor, context) -> tf.Tensor:
+        """This replica's part of the pool's answer to the fakes of every replica (one pool, the same everywhere)."""
+        replicas = context.num_replicas_in_sync
+        if replicas == 1:
+            return pool.query(fakes, self.step)
+        local = fakes.shape[0]
+        gathered = tf.ensure_shape(context.all_gather(fakes, axis=0), (local * replicas, *fakes.shape[1:]))
+        answered = pool.query(gathered, self.step)  # [global batch, ...], the same on every replica
+        first = tf.cast(context.replica_id_in_sync_group, tf.int32) * local
+        return answered[first:first + local]
+
     def _scaled(self, name: str, loss: tf.Tensor) -> tf.Tensor:
         """Loss scaling for float16 (the optimizer unscales the gradients); identity otherwise."""
         optimizer = self.optimizers[name]
@@ -143,6 +174,14 @@ class CycleGAN(tf.Module):
             return optimizer.scale_loss(loss)
         return loss
 
-    def compiled_step(self, xla: bool):
-        """The train step as a graph, with or without XLA."""
-        return tf.function(self.train_step, jit_compile=xla)
+    def compiled_step(self, xla: bool, strategy: tf.distribute.Strategy | None = None):
+        """The train step as one graph (with or without XLA) running on every replica of `strategy`
+        (default: the current one); returns each loss reduced over the replicas once."""
+        strategy = strategy or tf.distribute.get_strategy()
+
+        def step(real_a, real_b):
+            per_replica = strategy.run(self.train_step, args=(real_a, real_b))
+            return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                    for name, value in per_replica.items()}
+
+        return tf.function(step, jit_compile=xla)

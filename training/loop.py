@@ -6,22 +6,25 @@ learning rate, data order, augmentation, dropout and pool draws all follow from 
 resumed run continues the uninterrupted one.
 """
 
+import atexit
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from data import datasets, pipeline, preprocess, readers
+from data import cache, datasets, pipeline, preprocess, readers
 from models.directions import DIRECTIONS
 from models.networks import TOTAL_PARAMS
 from rundir import flagfile
-from training import summaries
+from training import distribute, summaries
 from training.checkpoints import CheckpointError, Checkpointer
 from training.config import RESUMABLE_FLAGS, STRUCTURAL_FLAGS, TrainConfig
 from training.cyclegan import NETWORKS, CycleGAN
@@ -85,7 +88,12 @@ def flag_changes(logdir: str, config: TrainConfig) -> dict[str, tuple[str, str]]
     saved = flagfile.load(logdir)
     if not saved:
         return {}
-    now = {name: flagfile.as_text(value) for name, value in config.as_flags().items() if value is not None}
+    def as_texts(flags: dict) -> dict[str, str]:
+        return {name: flagfile.as_text(value) for name, value in flags.items() if value is not None}
+
+    # A flag the run's file lacks (added to the code since) had its default.
+    saved = {**as_texts(TrainConfig().as_flags()), **saved}
+    now = as_texts(config.as_flags())
     changes = {name: (saved.get(name, "(unset)"), now.get(name, "(unset)"))
                for name in now.keys() | saved.keys() if saved.get(name) != now.get(name)}
     fixed = {name: change for name, change in changes.items() if name not in RESUMABLE_FLAGS}
@@ -97,39 +105,73 @@ def flag_changes(logdir: str, config: TrainConfig) -> dict[str, tuple[str, str]]
     return changes
 
 
-def configure_tensorflow(config: TrainConfig) -> bool:
-    """Seeds, determinism and precision; returns whether the step is compiled with XLA."""
+def configure_tensorflow(config: TrainConfig) -> tuple[tf.distribute.Strategy, bool]:
+    """The distribution strategy, seeds, determinism and precision; returns the strategy and whether the step
+    is compiled with XLA."""
+    try:
+        strategy = distribute.make_strategy(config.run.strategy, config.run.cpu_replicas)
+    except ValueError as error:
+        raise TrainingError(str(error)) from error
+    replicas = strategy.num_replicas_in_sync
+    if config.run.batch_size % replicas:
+        raise TrainingError(f"--batch_size={config.run.batch_size} does not divide evenly over {replicas} replicas")
+    logging.info("strategy %s, per-replica batch %d", distribute.describe(strategy), config.run.batch_size // replicas)
     tf.keras.utils.set_random_seed(config.run.seed)
     if config.run.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.mixed_precision.set_global_policy(config.model.precision)
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    return {"true": True, "false": False, "auto": on_gpu}[config.model.xla]
+    return strategy, {"true": True, "false": False, "auto": on_gpu}[config.model.xla]
 
 
 # ---------------------------------------------------------------- input
 
 @dataclasses.dataclass
 class TrainingData:
-    slices_a: np.ndarray  # [N, 256, 256] T1 in [0, 1]
-    slices_b: np.ndarray  # [M, 256, 256] T2 in [0, 1]
+    slices_a: np.ndarray | cache.CachedSlices  # [N, 256, 256] T1 in [0, 1], in memory or read from --cache_dir
+    slices_b: np.ndarray | cache.CachedSlices  # [M, 256, 256] T2 in [0, 1]
     samples: list  # (T1, T2) slices shown in TensorBoard each epoch
 
 
 def load_data(config: TrainConfig) -> TrainingData:
     """The training slices of both domains, and the fixed summary samples (test pairs when there are any)."""
-    spec = config.data
+    spec, count = config.data, config.run.summary_images
     try:
-        train_a, train_b = datasets.training_slices(spec)
+        if spec.cache_dir:
+            slices_a, slices_b, _ = cache.build_or_open(spec, spec.cache_dir)
+            fallback_samples = lambda: [(slices_a.slice(i), slices_b.slice(i))  # noqa: E731
+                                        for i in range(min(count, len(slices_a), len(slices_b)))]
+        else:
+            refusal = cache.memory_refusal(spec)
+            if refusal:
+                raise TrainingError(refusal)
+            train_a, train_b = datasets.training_slices(spec)
+            slices_a, slices_b = datasets.stack(train_a), datasets.stack(train_b)
+            fallback_samples = lambda: list(zip(train_a, train_b))[:count]  # noqa: E731
         try:
-            samples = datasets.test_pairs(spec)[: config.run.summary_images]
+            samples = datasets.test_pairs(spec)[:count]
         except (ValueError, readers.BadFileError):
-            samples = list(zip(train_a, train_b))[: config.run.summary_images]
-    except (ValueError, readers.BadFileError) as error:
-        raise TrainingError(str(error)) from error
-    logging.info("data: %d T1 and %d T2 training slices (%s)", len(train_a), len(train_b),
-                 "synthetic phantoms" if spec.synthetic else "files")
-    return TrainingData(datasets.stack(train_a), datasets.stack(train_b), samples)
+            samples = fallback_samples()
+    except (ValueError, readers.BadFileError, cache.CacheError, OSError) as error:
+        raise TrainingError(" ".join(str(error).split())) from error
+    logging.info("data: %d T1 and %d T2 training slices (%s%s)", len(slices_a), len(slices_b),
+                 "synthetic phantoms" if spec.synthetic else "files", f", cached in {spec.cache_dir}"
+                 if spec.cache_dir else "")
+    return TrainingData(slices_a, slices_b, samples)
+
+
+def profile_range(config: TrainConfig) -> tuple[int, int] | None:
+    """--profile_steps=A,B as (A, B); a one-line error for anything else."""
+    text = config.run.profile_steps
+    if not text:
+        return None
+    try:
+        first, last = (int(part) for part in text.split(","))
+    except ValueError:
+        raise TrainingError(f"--profile_steps={text}: give two step numbers, A,B") from None
+    if not 1 <= first <= last:
+        raise TrainingError(f"--profile_steps={text}: need 1 <= A <= B")
+    return first, last
 
 
 def make_plan(config: TrainConfig, data: TrainingData) -> Plan:
@@ -141,11 +183,17 @@ def make_plan(config: TrainConfig, data: TrainingData) -> Plan:
     return Plan(steps_per_epoch, run.epochs, decay_epoch * steps_per_epoch)
 
 
-def epoch_batches(config: TrainConfig, data: TrainingData, epoch: int, skip: int):
-    """The epoch's batches from `skip` on: the same for a resumed run as for an uninterrupted one."""
-    dataset = pipeline.unpaired_dataset(data.slices_a, data.slices_b, config.run.batch_size, config.run.seed,
-                                        config.augment, epoch, skip)
-    return iter(dataset)
+def epoch_batches(config: TrainConfig, data: TrainingData, epoch: int, skip: int,
+                  strategy: tf.distribute.Strategy | None = None):
+    """The epoch's batches from global step `skip` on, split over the replicas: the same for a resumed run as
+    for an uninterrupted one, and the same images whatever the replica count."""
+
+    def dataset_for(batch_size: int, skip_batches: int):
+        return pipeline.unpaired_dataset(data.slices_a, data.slices_b, batch_size, config.run.seed, config.augment,
+                                         epoch, skip_batches)
+
+    return distribute.replica_batches(dataset_for, config.run.batch_size, strategy or tf.distribute.get_strategy(),
+                                      skip)
 
 
 # ---------------------------------------------------------------- model
@@ -163,6 +211,14 @@ def build_model(config: TrainConfig, plan: Plan, filters: int = DESIGN_FILTERS) 
 
 # ---------------------------------------------------------------- checkpoint
 
+def worker_folder() -> str:
+    """Where a non-chief worker writes its part of every save (TensorFlow requires all workers to save); removed
+    when the process ends."""
+    folder = tempfile.mkdtemp(prefix="cyclegan-worker-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 def restore_or_start(checkpointer: Checkpointer) -> bool:
     """Restores the newest intact checkpoint if there is one (setting damaged ones aside); returns whether it did."""
     try:
@@ -173,7 +229,7 @@ def restore_or_start(checkpointer: Checkpointer) -> bool:
 
 def save_checkpoint(checkpointer: Checkpointer, logdir: str) -> str:
     """Saves the state at the current step (once per step); the previous checkpoint stays intact on failure."""
-    step = int(checkpointer.model.step)
+    step = checkpointer.model.current_step
     if checkpointer.last_saved_step == step:
         return checkpointer.manager.latest_checkpoint
     return _checked_write(checkpointer.save, step, logdir)
@@ -181,7 +237,7 @@ def save_checkpoint(checkpointer: Checkpointer, logdir: str) -> str:
 
 def save_weights_snapshot(checkpointer: Checkpointer, logdir: str) -> str:
     """A weights-only snapshot at the current step (--keep_weights_every_epochs)."""
-    return _checked_write(checkpointer.save_weights, int(checkpointer.model.step), logdir)
+    return _checked_write(checkpointer.save_weights, checkpointer.model.current_step, logdir)
 
 
 def _checked_write(write, step: int, logdir: str) -> str:
@@ -249,29 +305,56 @@ class Run:
     checkpointer: Checkpointer
     writer: object
     train_step: object
+    strategy: tf.distribute.Strategy
+    chief: bool  # writes the run's summaries, flags and progress (every process but non-chief workers)
+    profile: tuple[int, int] | None  # steps traced by the profiler
+
+
+def stop_signal(run: Run, stop: StopRequest):
+    """A function giving the signal that stops the run before the next step, or None.
+
+    Under multi_worker every worker asks every step, so a SIGTERM (a preemption) on any worker stops all of
+    them at the same step; the others report it as SIGTERM too.
+    """
+    if not distribute.is_multi_worker(run.strategy):
+        return lambda: stop.signal
+    any_worker = distribute.any_worker(run.strategy)
+
+    def agreed():
+        anyone = any_worker(stop.signal is not None)  # every worker takes part, signalled or not
+        return stop.signal or ("SIGTERM" if anyone else None)
+
+    return agreed
 
 
 def run_epoch(run: Run, epoch: int, stop: StopRequest) -> dict[str, float]:
     """Trains from the current step to the end of `epoch`; returns the last step's losses."""
     config, plan, model = run.config, run.plan, run.model
-    step = int(model.step)
-    # A live bar on a terminal; one line per epoch in a log file.
+    step = model.current_step
+    # A live bar on a terminal; one line per epoch in a log file; none on non-chief workers.
     progress = tf.keras.utils.Progbar(plan.steps_per_epoch, stateful_metrics=["lr"],
-                                      verbose=1 if sys.stdout.isatty() else 2)
+                                      verbose=0 if not run.chief else 1 if sys.stdout.isatty() else 2)
+    stop_requested = stop_signal(run, stop)
     done_in_epoch = step - epoch * plan.steps_per_epoch
     progress.update(done_in_epoch)
-    batches = epoch_batches(config, run.data, epoch, done_in_epoch)
+    batches = epoch_batches(config, run.data, epoch, done_in_epoch, run.strategy)
     tick, tick_step = time.perf_counter(), step
     step_losses = {}
     while step < (epoch + 1) * plan.steps_per_epoch:
-        if stop.signal:
+        signal_name = stop_requested()
+        if signal_name:
             path = save_checkpoint(run.checkpointer, run.logdir)
             run.writer.flush()
-            raise Stopped(stop.signal, step, path)
+            raise Stopped(signal_name, step, path)
         lr = float(model.learning_rate())
         real_a, real_b = next(batches)
+        if run.profile and step + 1 == run.profile[0]:
+            tf.profiler.experimental.start(run.logdir)
         step_losses = {name: float(value) for name, value in run.train_step(real_a, real_b).items()}
         step += 1
+        if run.profile and step == run.profile[1]:
+            tf.profiler.experimental.stop()
+            logging.info("profiler trace of steps %d to %d written to %s/plugins/profile", *run.profile, run.logdir)
         check_finite(step, step_losses)
         if step % config.run.log_every_steps == 0 or step == plan.total_steps:
             now = time.perf_counter()
@@ -294,7 +377,9 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
     except OSError as error:
         raise TrainingError(f"--logdir={logdir}: {error.strerror or error}") from error
     changes = flag_changes(logdir, config)
-    xla = configure_tensorflow(config)
+    profile = profile_range(config)
+    strategy, xla = configure_tensorflow(config)
+    chief = distribute.is_chief(strategy)
 
     # ------------------------------------------------------------ input
     data = load_data(config)
@@ -302,45 +387,57 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
     logging.info("%d steps per epoch, %d in all", plan.steps_per_epoch, plan.total_steps)
 
     # ------------------------------------------------------------ model
-    model, param_counts = build_model(config, plan, filters)
+    with strategy.scope():  # networks, optimizers, pools and step live on every replica
+        model, param_counts = build_model(config, plan, filters)
 
     # ------------------------------------------------------------ checkpoint
-    checkpointer = Checkpointer(model, logdir, max_to_keep=config.run.keep_checkpoints)
+    checkpointer = Checkpointer(model, logdir if chief else worker_folder(), max_to_keep=config.run.keep_checkpoints,
+                                restore_logdir=logdir)
     resumed = restore_or_start(checkpointer)
-    start = int(model.step)
+    start = model.current_step
     if start >= plan.total_steps:
         logging.info("nothing to do: step %d already reaches the planned %d steps", start, plan.total_steps)
         return start
     if changes:
         logging.warning("resuming with %s", ", ".join(f"--{n}={new} (was {was})" for n, (was, new) in
                                                       sorted(changes.items())))
-        flagfile.record_changes(logdir, start, changes)
-    flagfile.save(logdir, config.as_flags())
+    if chief:
+        if changes:
+            flagfile.record_changes(logdir, start, changes)
+        flagfile.save(logdir, config.as_flags())
 
     # ------------------------------------------------------------ summaries
-    writer = tf.summary.create_file_writer(logdir)
+    writer = tf.summary.create_file_writer(logdir) if chief else tf.summary.create_noop_writer()
     if not resumed:
         write_run_description(writer, config, param_counts)
 
     # ------------------------------------------------------------ update step
-    train_step = model.compiled_step(xla)
+    train_step = model.compiled_step(xla, strategy)
     logging.info("step %s XLA, precision %s, %s parameters", "with" if xla else "without", config.model.precision,
                  f"{param_counts['total']:,}")
-    run = Run(config, logdir, plan, data, model, checkpointer, writer, train_step)
+    run = Run(config, logdir, plan, data, model, checkpointer, writer, train_step, strategy, chief,
+              profile if chief else None)
 
     # ------------------------------------------------------------ loop
     with StopRequest() as stop:
-        for epoch in range(start // plan.steps_per_epoch, plan.epochs):
-            logging.info("epoch %d/%d (learning rate %.3g)", epoch + 1, plan.epochs, float(model.learning_rate()))
-            step_losses = run_epoch(run, epoch, stop)
-            every = config.run.keep_weights_every_epochs
-            if every and (epoch + 1) % every == 0:  # before the checkpoint: a resume after it would skip this
-                save_weights_snapshot(checkpointer, logdir)
-            path = save_checkpoint(checkpointer, logdir)
-            write_images(writer, model, data.samples, int(model.step))
-            writer.flush()
-            logging.info("epoch %d done at step %d; %s | %s", epoch + 1, int(model.step), path,
-                         " ".join(f"{name}={value:.4f}" for name, value in step_losses.items()))
+        try:
+            for epoch in range(start // plan.steps_per_epoch, plan.epochs):
+                logging.info("epoch %d/%d (learning rate %.3g)", epoch + 1, plan.epochs,
+                             float(model.learning_rate()))
+                step_losses = run_epoch(run, epoch, stop)
+                every = config.run.keep_weights_every_epochs
+                if every and (epoch + 1) % every == 0:  # before the checkpoint: a resume after it would skip this
+                    save_weights_snapshot(checkpointer, logdir)
+                path = save_checkpoint(checkpointer, logdir)
+                if chief:
+                    write_images(writer, model, data.samples, model.current_step)
+                writer.flush()
+                logging.info("epoch %d done at step %d; %s | %s", epoch + 1, model.current_step, path,
+                             " ".join(f"{name}={value:.4f}" for name, value in step_losses.items()))
+        except tf.errors.UnavailableError as error:  # multi_worker: a peer died (kill -9, a lost host)
+            reason = str(error).strip().splitlines()[0]
+            raise TrainingError(f"a worker stopped responding after step {model.current_step} ({reason}); rerun "
+                                "every worker's command to resume from the newest checkpoint") from error
     writer.close()
-    logging.info("finished: %d steps in %s", int(model.step), logdir)
-    return int(model.step)
+    logging.info("finished: %d steps in %s", model.current_step, logdir)
+    return model.current_step

@@ -3,9 +3,17 @@
 The discriminators see a mix of the newest fakes and fakes from earlier steps,
 which damps the oscillation between G and D. Being variables, the pool lives
 inside the compiled train step and is saved with the checkpoint.
+
+Its coin flips and slot choices come from a stateless generator keyed by (seed, step), so every
+replica of a distributed run makes the same decisions on the same (gathered) fakes, one pool per
+domain is identical everywhere, and a restored pool continues exactly: the draws depend on the step,
+not on a generator state that would need saving.
 """
 
 import tensorflow as tf
+
+# Written by every replica with identical values: keep the first replica's (no summing).
+_SAME_ON_EVERY_REPLICA = tf.VariableAggregation.ONLY_FIRST_REPLICA
 
 
 class ImagePool(tf.Module):
@@ -14,35 +22,35 @@ class ImagePool(tf.Module):
     def __init__(self, size: int, image_shape=(256, 256, 1), seed: int = 0, name: str | None = None):
         super().__init__(name=name)
         self.size = size
-        self.images = tf.Variable(tf.zeros((max(size, 1), *image_shape), tf.float32), trainable=False, name="images")
-        self.count = tf.Variable(0, dtype=tf.int32, trainable=False, name="count")
-        self.rng = tf.random.Generator.from_seed(seed)
+        self.seed = seed
+        self.images = tf.Variable(tf.zeros((max(size, 1), *image_shape), tf.float32), trainable=False, name="images",
+                                  aggregation=_SAME_ON_EVERY_REPLICA)
+        self.count = tf.Variable(0, dtype=tf.int32, trainable=False, name="count", aggregation=_SAME_ON_EVERY_REPLICA)
 
-    def query(self, batch: tf.Tensor) -> tf.Tensor:
-        """Per image: while filling, store it and return it; then with p=0.5 swap it for a stored one."""
+    def query(self, batch: tf.Tensor, step) -> tf.Tensor:
+        """Per image, in order: while filling, store it and return it; then with p=0.5 swap it for a stored one.
+
+        `step` keys the random draws; the batch size must be static (it is inside the train step).
+        """
         if self.size == 0:
             return batch
         batch = tf.cast(batch, tf.float32)
+        n = batch.shape[0]
+        key = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        coins = tf.random.stateless_uniform([n], seed=key)
+        slots = tf.random.stateless_uniform([n], seed=key + [0, 1 << 40], maxval=self.size, dtype=tf.int32)
+        images, count = tf.convert_to_tensor(self.images), tf.convert_to_tensor(self.count)
         returned = []
-        for i in range(batch.shape[0]):  # the batch size is static inside the train step
+        for i in range(n):
             image = batch[i]
-            returned.append(tf.cond(self.count < self.size, lambda: self._fill(image), lambda: self._maybe_swap(image)))
+            filling = count < self.size
+            swap = tf.logical_and(tf.logical_not(filling), coins[i] < 0.5)
+            slot = tf.where(filling, count, slots[i])
+            stored = images[slot]
+            returned.append(tf.where(swap, stored, image))
+            store = tf.logical_or(filling, swap)
+            images = tf.where(store, tf.tensor_scatter_nd_update(images, [[slot]], image[tf.newaxis]), images)
+            count = tf.where(filling, count + 1, count)
+        self.images.assign(images)
+        self.count.assign(count)
         return tf.stack(returned)
-
-    def _fill(self, image):
-        self.images.scatter_nd_update([[self.count]], image[tf.newaxis])
-        with tf.control_dependencies([self.count.assign_add(1)]):
-            return tf.identity(image)
-
-    def _maybe_swap(self, image):
-        coin = self.rng.uniform((), dtype=tf.float32)
-        index = self.rng.uniform((), maxval=self.size, dtype=tf.int32)
-
-        def swap():
-            stored = tf.identity(self.images[index])
-            with tf.control_dependencies([stored]):
-                update = self.images.scatter_nd_update([[index]], image[tf.newaxis])
-            with tf.control_dependencies([update]):
-                return tf.identity(stored)
-
-        return tf.cond(coin < 0.5, swap, lambda: tf.identity(image))
