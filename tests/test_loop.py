@@ -40,6 +40,27 @@ def checkpoint_state(logdir, step=None) -> dict[str, np.ndarray]:
             if not name.startswith(("save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
 
 
+# Within one process a resume reproduces the uninterrupted run; usually bit for bit, but now and then one of the
+# ~400 tensors differs in its last bits (multi-threaded CPU kernels may add in another order). A resume that
+# replays other data, dropout masks or pool draws changes pools and moments by 1e-2 to 1 of their size.
+RESUME_RTOL = 1e-4
+
+
+def differing(state: dict, reference: dict) -> dict[str, float]:
+    """Tensors that differ: integers at all, floats by more than RESUME_RTOL of the tensor's largest value."""
+    out = {}
+    for name, want in reference.items():
+        got = state[name]
+        if not np.issubdtype(want.dtype, np.floating):
+            if not np.array_equal(got, want):
+                out[name] = float("inf")
+            continue
+        error = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
+        if error > RESUME_RTOL * float(np.abs(want).max()):
+            out[name] = error
+    return out
+
+
 def saved_steps(logdir) -> list[int]:
     state = tf.train.get_checkpoint_state(os.path.join(logdir, "checkpoints"))
     return [int(path.rsplit("-", 1)[1]) for path in state.all_model_checkpoint_paths]
@@ -96,7 +117,7 @@ def test_two_steps_then_resume_continues_the_step(tmp_path):
 @pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_the_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch,
                                                                                   uninterrupted):
-    """Stopped after step 4 (mid epoch 2), resumed by the same call: bit for bit the uninterrupted state, so
+    """Stopped after step 4 (mid epoch 2), resumed by the same call: the uninterrupted state (see RESUME_RTOL), so
     data order, augmentation, dropout masks, pool draws, optimizer moments and schedule all continued."""
     stop_with_sigterm_after(monkeypatch, 4)
     with pytest.raises(loop.Stopped, match="SIGTERM at step 4; saved") as stopped:
@@ -107,7 +128,7 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_equals_the_uninterrupted_on
     assert train(tmp_path) == 6
     resumed, reference = checkpoint_state(tmp_path), checkpoint_state(uninterrupted)
     assert sorted(resumed) == sorted(reference)
-    assert [name for name in reference if not np.array_equal(resumed[name], reference[name])] == []
+    assert differing(resumed, reference) == {}
     # The comparison has something to find: training moved every network away from its state at step 3.
     early = checkpoint_state(uninterrupted, 3)
     moved = [name for name in reference if "/_trainable_variables/" in name
@@ -295,7 +316,7 @@ def test_mixed_precision_run_resumes_exactly(tmp_path, precision):
     assert a["step/.ATTRIBUTES/VARIABLE_VALUE"] == 2
     if precision == "mixed_float16":  # the loss scale is part of the state
         assert any("dynamic_scale" in name for name in a)
-    assert [name for name in a if not np.array_equal(a[name], b[name])] == []
+    assert differing(a, b) == {}
 
 
 # ---------------------------------------------------------------- --data_dir in each layout
@@ -430,7 +451,7 @@ def test_mirrored_run_keeps_one_pool_and_resumes_exactly(tmp_path, monkeypatch, 
     monkeypatch.undo()
     assert train(tmp_path / "resumed", **mirrored) == 6
     a, b = checkpoint_state(tmp_path / "uninterrupted"), checkpoint_state(tmp_path / "resumed")
-    assert [name for name in a if not np.array_equal(a[name], b[name])] == []
+    assert differing(a, b) == {}
     assert a["pool_a/count/.ATTRIBUTES/VARIABLE_VALUE"] == 12  # one pool: both replicas' fakes of 6 steps
     assert a["pool_a/images/.ATTRIBUTES/VARIABLE_VALUE"].shape == (50, 256, 256, 1)
     # The object graph is the single-device one, so evaluate.py, translate.py and export.py read it as they are.

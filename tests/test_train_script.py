@@ -1,5 +1,6 @@
-"""train.py as a process, with the full-size model: what only a process shows (the parameter count a user
-gets, kill -9, SIGTERM's exit code, flag errors). The loop's mechanics are tested in-process in test_loop.py."""
+"""train.py as a process: what only a process shows (the full-size model's parameter count in a real
+checkpoint, kill -9 and restart, SIGTERM's exit code, flag errors). The loop's mechanics are tested in-process
+in test_loop.py."""
 
 import os
 import signal
@@ -18,8 +19,9 @@ pytestmark = pytest.mark.slow
 PLAN = ["--steps_per_epoch=1", "--decay_epoch=1", "--deterministic", *QUICK]
 
 
-def train(logdir, *args, **kwargs):
-    return script("train.py", f"--logdir={logdir}", *PLAN, *args, **kwargs)
+def narrow_train(logdir, *args, **kwargs):
+    """train.py's command line on the narrow networks (tests/narrow_train.py): the process is what is tested."""
+    return script(os.path.join("tests", "narrow_train.py"), f"--logdir={logdir}", *PLAN, *args, **kwargs)
 
 
 def checkpoint_state(path) -> dict[str, np.ndarray]:
@@ -43,15 +45,16 @@ def test_writes_the_full_size_model_summaries_and_flags(trained_run):
 
 def test_sigkill_then_restart_ends_where_the_uninterrupted_run_ends(tmp_path):
     """Killed after its first checkpoint, the same command restarted ends at the planned step with the state the
-    uninterrupted run reaches. test_loop.py shows in-process that a resume is bit-exact; across processes
+    uninterrupted run reaches (on the narrow networks: what is tested is the process and its files, not the
+    model). test_loop.py shows in-process that a resume is bit-exact; across processes
     oneDNN may sum in another order (measured: weight differences about 1e-5 between two runs of one command),
     so each network's weights are compared relative to what its last step changed: a resume that replays other
     data, dropout masks or pool draws moves the weights as much as a step does (relative difference near 1)."""
     plan = ["--epochs=2", "--save_every_steps=1", "--keep_checkpoints=2"]
     uninterrupted, killed = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
-    result = train(uninterrupted, *plan)
+    result = narrow_train(uninterrupted, *plan)
     assert result.returncode == 0, result.stderr[-3000:]
-    args = [sys.executable, os.path.join(ROOT, "train.py"), f"--logdir={killed}", *PLAN, *plan]
+    args = [sys.executable, os.path.join(ROOT, "tests", "narrow_train.py"), f"--logdir={killed}", *PLAN, *plan]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     index = os.path.join(killed, "checkpoints", "checkpoint")
     deadline = time.monotonic() + 600
@@ -61,7 +64,7 @@ def test_sigkill_then_restart_ends_where_the_uninterrupted_run_ends(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert checkpoint_step(killed) == 1
-    result = train(killed, *plan)
+    result = narrow_train(killed, *plan)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "at step 1" in result.stderr and checkpoint_step(killed) == 2
 

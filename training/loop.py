@@ -327,6 +327,20 @@ def stop_signal(run: Run, stop: StopRequest):
     return agreed
 
 
+def all_saved(run: Run) -> None:
+    """Under multi_worker, waits until every worker has saved before this one exits.
+
+    A collective completes on one side before the other has fetched its part, so a worker that exited
+    straight after the stop agreement could fail a slower peer's save; after this second collective every
+    worker has saved, and a peer that is already gone is expected.
+    """
+    if distribute.is_multi_worker(run.strategy):
+        try:
+            distribute.any_worker(run.strategy)(True)
+        except tf.errors.UnavailableError:
+            pass
+
+
 def run_epoch(run: Run, epoch: int, stop: StopRequest) -> dict[str, float]:
     """Trains from the current step to the end of `epoch`; returns the last step's losses."""
     config, plan, model = run.config, run.plan, run.model
@@ -345,6 +359,7 @@ def run_epoch(run: Run, epoch: int, stop: StopRequest) -> dict[str, float]:
         if signal_name:
             path = save_checkpoint(run.checkpointer, run.logdir)
             run.writer.flush()
+            all_saved(run)
             raise Stopped(signal_name, step, path)
         lr = float(model.learning_rate())
         real_a, real_b = next(batches)
