@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import phantom, preprocess
+from data import datasets, phantom, preprocess
 from models import exporting, inference, serving
 from models.directions import DIRECTIONS
 from models.networks import GENERATOR_PARAMS, build_generator
@@ -424,3 +424,25 @@ def test_air_mask_false_exports_the_raw_output_and_the_card_says_so(tmp_path):
         expected, _ = project_path(lambda batch: generator(batch).numpy(), raw, air_mask)
         assert np.abs(outputs["translated_unit"].numpy() - expected).max() <= FLOAT32_TOLERANCE
         assert (outputs["translated_unit"].numpy()[air] == 0).all() == air_mask
+
+
+@pytest.mark.parametrize("layout", ["ixi", "brats", "bids"])
+def test_checks_read_the_source_side_of_each_nifti_layout(tmp_path, write_nifti, layout):
+    """export.py's checks take the run's data flags: with a --data_dir in each layout, the slices of the held-out
+    subject's source contrast, as the run read them (the cyclegan layout runs end to end above)."""
+    from data import layouts
+    from models.exporting import check_slices
+    from tests.test_loop import on_canvas, write_layout
+
+    root = tmp_path / layout
+    expected = write_layout(root, layout, write_nifti)
+    files = layouts.layout_files(str(root))
+    for direction, test_files in (("t1_to_t2", files.test_a), ("t2_to_t1", files.test_b)):
+        slices, origin = check_slices(datasets.DataSpec(data_dir=str(root)), direction, 3)
+        assert origin == "the run's paired test split"
+        [source] = test_files
+        want = expected[source]
+        assert [item.source for item in slices] == [source] * len(slices) and len(slices) == min(3, len(want))
+        picks = sorted(set(np.linspace(0, len(want) - 1, len(slices)).round().astype(int)))
+        for item, index in zip(slices, picks):
+            np.testing.assert_allclose(item.image, on_canvas(want[index]), atol=1e-6)
