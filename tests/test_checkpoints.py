@@ -281,3 +281,19 @@ def test_no_checkpoint_names_the_runs_in_subfolders(base_run, tmp_path):
     assert str(error.value) == (f"no checkpoint in {runs / 'checkpoints'}; runs in its subfolders: "
                                 f"{runs / 'group' / 'long'} (step 2), {runs / 'quick'} (step 3); pass one as "
                                 f"--logdir, e.g. --logdir={runs / 'group' / 'long'}")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_the_previous_version_resumes(base_run, tmp_path):
+    """Before the pools' draws were keyed by (seed, step), each pool saved a random generator's state: such a
+    checkpoint is not damaged, it restores (that state unused) and the run continues from it."""
+    logdir = copy_run(base_run, tmp_path / "run")
+    model = narrow()
+    model.checkpoint().restore(ckpt(logdir, 3)).assert_existing_objects_matched()
+    model.pool_a.rng = tf.random.Generator.from_seed(0)  # what ImagePool held then
+    model.pool_b.rng = tf.random.Generator.from_seed(1)
+    rewrite_ckpt_3(logdir, model)
+    assert any(name.startswith("pool_a/rng/") for name, _ in tf.train.list_variables(ckpt(logdir, 3)))
+    assert train(logdir, **{**BASE, "epochs": 2}) == 6
+    assert saved_steps(logdir)[-1] == 6 and not any(name.endswith(".corrupt") for name in
+                                                    os.listdir(logdir / "checkpoints"))

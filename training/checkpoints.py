@@ -93,7 +93,8 @@ class Checkpointer:
         try:
             status = checkpoint.restore(path)
             status.assert_existing_objects_matched()
-            status.assert_consumed()  # a checkpoint of another configuration has objects this model lacks
+            if not from_an_earlier_version(path):
+                status.assert_consumed()  # a checkpoint of another configuration has objects this model lacks
         except (tf.errors.OpError, ValueError, AssertionError, IndexError, TypeError) as error:
             return f"does not restore into this model ({_first_line(error)})"
         bad = self.non_finite_networks()
@@ -137,6 +138,15 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {path} is not whole after writing ({reason}); set aside as "
                                   f"{os.path.basename(path)}*{CORRUPT_SUFFIX}")
         return path
+
+
+# State that checkpoints of earlier versions hold and this one no longer needs: the pools' random generators,
+# before their draws were keyed by (seed, step). Restoring such a checkpoint leaves it unused.
+EARLIER_VERSION_KEYS = ("pool_a/rng/", "pool_b/rng/")
+
+
+def from_an_earlier_version(path: str) -> bool:
+    return any(name.startswith(EARLIER_VERSION_KEYS) for name, _ in tf.train.list_variables(path))
 
 
 def files_size(path: str) -> int:
