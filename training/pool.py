@@ -48,8 +48,8 @@ class ImagePool(tf.Module):
             slot = tf.where(filling, count, slots[i])
             stored = images[slot]
             returned.append(tf.where(swap, stored, image))
-            store = tf.logical_or(filling, swap)
-            images = tf.where(store, tf.tensor_scatter_nd_update(images, [[slot]], image[tf.newaxis]), images)
+            kept = tf.where(tf.logical_or(filling, swap), image, stored)  # the slot's new content
+            images = tf.tensor_scatter_nd_update(images, [[slot]], kept[tf.newaxis])
             count = tf.where(filling, count + 1, count)
         self.images.assign(images)
         self.count.assign(count)
