@@ -6,6 +6,7 @@ NIfTI and DICOM are written in the input's intensity scale, images as their [0, 
 
 import os
 import tempfile
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -15,28 +16,47 @@ from data import datasets, masks, preprocess, readers, writers
 from models import inference
 from models.directions import DIRECTIONS
 
+# Where translate() spends its time, logged in this order after the last volume.
+TIMED_PARTS = ("reading", "model loading", "preprocessing", "network", "writing")
 # An output names a file (not a folder) when it ends in one of these; the input must then be one such volume.
 FILE_OUTPUT_SUFFIXES = {"nifti": readers.NIFTI_SUFFIXES, "image": (".png",)}
 
 
 def translate_volume(generator: inference.Generator, volume: readers.Volume, min_foreground: float,
-                     batch_size: int, air_mask: bool = True) -> tuple[np.ndarray, int]:
+                     batch_size: int, air_mask: bool = True, seconds: dict[str, float] | None = None
+                     ) -> tuple[np.ndarray, int]:
     """The volume's slices translated, in [0, 1] on their original grid, and how many were translated.
 
     Slices with less than `min_foreground` foreground stay 0, and with `air_mask` so does every pixel
     where the source slice is air (data/masks.py): air stays air, where the network would invent texture.
+    `seconds` (when given) accumulates the time spent in "preprocessing" and in the "network".
     """
+    seconds = {} if seconds is None else seconds
+    clock = time.perf_counter()
+
+    def lap(part: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[part] = seconds.get(part, 0.0) + now - clock
+        clock = now
+
     slices = datasets.volume_slices(volume, min_foreground, keep_original=air_mask)
     unit = np.zeros(volume.data.shape, np.float32)
     progress = tf.keras.utils.Progbar(len(slices), unit_name="slice") if len(volume.data) > 1 else None
+    lap("preprocessing")
     for start in range(0, len(slices), batch_size):
         batch = slices[start : start + batch_size]
-        for item, canvas in zip(batch, inference.translate_canvases(generator, datasets.stack(batch), batch_size)):
+        canvases = datasets.stack(batch)
+        lap("preprocessing")
+        translated = inference.translate_canvases(generator, canvases, batch_size)
+        lap("network")
+        for item, canvas in zip(batch, translated):
             unit[item.index] = preprocess.from_canvas(canvas, item.geometry)
             if air_mask:
                 unit[item.index][masks.air_mask(item.original)] = 0.0
         if progress:
             progress.add(len(batch))
+        lap("preprocessing")
     return unit, len(slices)
 
 
@@ -170,14 +190,21 @@ def translate(direction: str, input_spec: str, output: str, model: str | None, l
     """
     if model:
         check_model_direction(model, direction)  # before reading any volume
+    start = time.perf_counter()
     volumes = readers.read_path(input_spec, on_bad_file)
+    seconds = {"reading": time.perf_counter() - start}
     targets = output_paths(volumes, input_spec, output, overwrite)
     check_writable(output, targets)
+    start = time.perf_counter()
     generator = load_generator(direction, model, logdir, checkpoint)
+    seconds["model loading"] = time.perf_counter() - start
     for volume, target in zip(volumes, targets):
-        unit, translated_count = translate_volume(generator, volume, min_foreground, batch_size, air_mask)
+        unit, translated_count = translate_volume(generator, volume, min_foreground, batch_size, air_mask, seconds)
+        start = time.perf_counter()
         write_translation(volume, unit, target, direction)
+        seconds["writing"] = seconds.get("writing", 0.0) + time.perf_counter() - start
         skipped = len(unit) - translated_count
         logging.info("wrote %s from %s%s", target, volume.path,
                      f" ({skipped} of {len(unit)} slices below --min_foreground written as 0)" if skipped else "")
+    logging.info("time: %s", ", ".join(f"{part} {seconds.get(part, 0.0):.2f} s" for part in TIMED_PARTS))
     return len(volumes)

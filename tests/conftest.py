@@ -59,13 +59,44 @@ def trained_run(tmp_path_factory) -> str:
 
 
 # Fixtures that train or start processes: a test using one belongs to the slow tier.
-SLOW_FIXTURES = {"trained_run", "standin_run", "standin_model", "exported", "references", "run_with_data_dir"}
+SLOW_FIXTURES = {"trained_run", "standin_run", "standin_model", "exported", "references", "run_with_data_dir",
+                 "base_run", "uninterrupted"}
 
 
-def pytest_collection_modifyitems(items):
+def starts_a_process(function, module) -> bool:
+    """Whether `function`, or a function of its test module that it calls, runs script() or Popen()."""
+    helpers = [getattr(module, name, None) for name in function.__code__.co_names]
+    sources = [inspect.getsource(f) for f in [function, *helpers]
+               if inspect.isfunction(f) and f.__module__ == module.__name__]
+    return any("script(" in source or "Popen(" in source for source in sources)
+
+
+@pytest.hookimpl(wrapper=True)  # around every other implementation: xdist reads the xdist_group marks in its own
+def pytest_collection_modifyitems(config, items):
     """Marks `slow` every test that starts a process (script, Popen) or uses a fixture that does, so that
-    `pytest -m "not slow"` is the quick development loop; the README's command still runs everything."""
+    `pytest -m "not slow"` is the quick development loop; the README's command still runs everything.
+
+    For pytest-xdist (`-n 2 --dist loadgroup`, pyproject.toml), tests that share a module-scoped fixture stay
+    on one worker, so that the fixture's run is made once, and every test of the session's trained run joins
+    one group for the same reason; every other test goes wherever a worker is free.
+    """
     for item in items:
-        source = inspect.getsource(item.function)
-        if SLOW_FIXTURES & set(item.fixturenames) or "script(" in source or "Popen(" in source:
+        if SLOW_FIXTURES & set(item.fixturenames) or starts_a_process(item.function, item.module):
             item.add_marker(pytest.mark.slow)
+        group = worker_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    result = yield
+    if config.getoption("loadgroup", False) and any(item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+                                                    for item in items):
+        raise pytest.UsageError("pytest-xdist ignored the xdist_group marks (it needs pytest 8; see the dev extra)")
+    return result
+
+
+def worker_group(item) -> str | None:
+    if "trained_run" in item.fixturenames:
+        return "trained_run"
+    definitions = item._fixtureinfo.name2fixturedefs.values()
+    if any(definition[-1].scope == "module" for definition in definitions):
+        return item.module.__name__
+    return None

@@ -1,7 +1,7 @@
 """Damaged checkpoints, full disks and weights-only snapshots (issue 13), on the narrow networks of test_loop.
 
-A base run saves steps 1, 2 and 3; each test copies it, damages ckpt-3 one way and resumes. The resumed run
-must set ckpt-3 aside, continue from ckpt-2 and end bit for bit where the uninterrupted run ended.
+A base run saves steps 1, 2 and 3; each test copies it and damages ckpt-3 one way. The restore must set ckpt-3
+aside and hold ckpt-2's state; once, through the loop, the resumed run must end where the undamaged one ended.
 """
 
 import os
@@ -109,21 +109,39 @@ DAMAGES = {
 }
 
 
-@pytest.mark.slow
+def restored_state(model: CycleGAN, logdir) -> dict[str, np.ndarray]:
+    """Every tensor of `model`'s state, saved into `logdir` and read back as checkpoint_state reads a run's."""
+    tf.train.CheckpointManager(model.checkpoint(), os.path.join(logdir, "checkpoints"), max_to_keep=1).save()
+    return checkpoint_state(logdir)
+
+
 @pytest.mark.parametrize("damage", list(DAMAGES))
-def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_continues_from_the_previous(
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(
         base_run, tmp_path, absl_warnings, damage):
     logdir = copy_run(base_run, tmp_path / "run")
     damage_fn, reason = DAMAGES[damage]
     damage_fn(logdir)
-    assert train(logdir, **BASE) == 3
+    model = narrow()
+    assert checkpoints.Checkpointer(model, str(logdir), max_to_keep=10).restore_latest() == ckpt(logdir, 2)
     warnings = [w for w in absl_warnings() if "damaged checkpoint" in w]
     assert len(warnings) == 1 and "\n" not in warnings[0]
     assert warnings[0].startswith("damaged checkpoint ckpt-3: ") and reason in warnings[0], warnings[0]
     set_aside = sorted(f for f in os.listdir(logdir / "checkpoints") if f.endswith(".corrupt"))
     assert set_aside and all(f.startswith("ckpt-3.") for f in set_aside)  # renamed, not deleted
+    assert saved_steps(logdir) == [1, 2]
+    # Every variable holds ckpt-2's value: nothing of the failed attempt on ckpt-3 leaked into the model.
+    restored, reference = restored_state(model, tmp_path / "restored"), checkpoint_state(base_run, 2)
+    assert sorted(restored) == sorted(reference)
+    assert differing(restored, reference) == {}
+
+
+@pytest.mark.slow
+def test_the_run_continues_from_the_previous_checkpoint_to_the_undamaged_runs_state(base_run, tmp_path):
+    """The whole path once, through the loop (the ten kinds above differ only before the restore)."""
+    logdir = copy_run(base_run, tmp_path / "run")
+    truncate(logdir)
+    assert train(logdir, **BASE) == 3
     assert saved_steps(logdir) == [1, 2, 3]
-    # Continued from ckpt-2: the same state as the run that was never damaged (nothing of ckpt-3 leaked).
     resumed, reference = checkpoint_state(logdir, 3), checkpoint_state(base_run, 3)
     assert sorted(resumed) == sorted(reference)
     assert differing(resumed, reference) == {}  # to test_loop's resume tolerance (a rare last-bits difference)

@@ -1,5 +1,6 @@
 """MultiWorkerMirroredStrategy with two worker processes on this machine (TF_CONFIG naming two loopback
-ports), on the narrow networks (tests/narrow_train.py: train.py's command line, filters=4).
+ports): once with train.py itself (the full-size model, one step), then on the narrow networks
+(tests/narrow_train.py: train.py's command line, filters=4) for preemption and kill -9.
 
 Every subprocess has a timeout; the workers talk over 127.0.0.1 only.
 """
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, checkpoint_weight_count
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +37,14 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def start_workers(logdir, *flags, log_dir) -> list[subprocess.Popen]:
+def start_workers(logdir, *flags, log_dir, runner=RUNNER) -> list[subprocess.Popen]:
     ports = free_ports(2)
     processes = []
     for index in range(2):
         config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
                   "task": {"type": "worker", "index": index}}
         log = open(os.path.join(log_dir, f"worker{index}-{time.monotonic_ns()}.log"), "w")
-        processes.append(subprocess.Popen([sys.executable, RUNNER, f"--logdir={logdir}", *PLAN, *flags], cwd=ROOT,
+        processes.append(subprocess.Popen([sys.executable, runner, f"--logdir={logdir}", *PLAN, *flags], cwd=ROOT,
                                           env={**os.environ, "TF_CONFIG": json.dumps(config)}, stdout=log,
                                           stderr=subprocess.STDOUT, text=True))
         processes[-1].log_path = log.name
@@ -77,25 +78,6 @@ def wait_for_checkpoint(logdir, processes):
     assert all(p.poll() is None for p in processes), "a worker ended before the first checkpoint"
 
 
-def test_two_workers_write_one_run_and_resume(tmp_path):
-    logdir = tmp_path / "run"
-    results = finish(start_workers(logdir, "--epochs=1", "--steps_per_epoch=2", log_dir=tmp_path))
-    assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
-    assert "MultiWorkerMirroredStrategy, 2 replica(s)" in results[0][1] and "per-replica batch 1" in results[0][1]
-    # The chief alone wrote the run: one checkpoint series, one event file, the flags.
-    assert sorted(os.listdir(logdir / "checkpoints")) == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
-    assert len([name for name in os.listdir(logdir) if name.startswith("events.out.tfevents")]) == 1
-    assert (logdir / "flags.txt").exists()
-    values = checkpoint_values(logdir)
-    assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == 2
-    assert values["pool_a/count/.ATTRIBUTES/VARIABLE_VALUE"] == 4  # one pool: both workers' fakes of 2 steps
-    assert values["pool_b/images/.ATTRIBUTES/VARIABLE_VALUE"].shape == (50, 256, 256, 1)
-    results = finish(start_workers(logdir, "--epochs=2", "--steps_per_epoch=2", log_dir=tmp_path))
-    assert [code for code, _ in results] == [0, 0], results[0][1][-3000:]
-    assert all("at step 2" in output for _, output in results)
-    assert checkpoint_values(logdir)["step/.ATTRIBUTES/VARIABLE_VALUE"] == 4
-
-
 def test_sigterm_on_one_worker_stops_both_at_one_step_with_a_checkpoint(tmp_path):
     logdir = tmp_path / "run"
     processes = start_workers(logdir, "--epochs=1", "--steps_per_epoch=400", "--save_every_steps=2",
@@ -109,17 +91,44 @@ def test_sigterm_on_one_worker_stops_both_at_one_step_with_a_checkpoint(tmp_path
     assert all(f"SIGTERM at step {step}; saved" in output and "Traceback" not in output for _, output in results)
 
 
-def test_a_worker_killed_with_sigkill_then_both_restarted_ends_at_the_planned_step(tmp_path):
+def test_a_worker_killed_with_sigkill_then_both_restarted_resume_and_write_one_run(tmp_path):
+    """kill -9 of the non-chief mid-run: the chief stops in one line; rerunning both resumes from the newest
+    checkpoint and ends at the planned step, with the run written by the chief alone."""
     logdir = tmp_path / "run"
-    plan = ("--epochs=1", "--steps_per_epoch=12", "--save_every_steps=2")
+    plan = ("--epochs=1", "--steps_per_epoch=6", "--save_every_steps=2")
     processes = start_workers(logdir, *plan, log_dir=tmp_path)
     wait_for_checkpoint(logdir, processes)
     processes[1].send_signal(signal.SIGKILL)
     (code, output), _ = finish(processes)
     assert code == 1 and "Traceback" not in output
     assert "error: a worker stopped responding after step" in output.strip().splitlines()[-1]
+    assert "MultiWorkerMirroredStrategy, 2 replica(s)" in output and "per-replica batch 1" in output
     killed_at = int(checkpoint_values(logdir)["step/.ATTRIBUTES/VARIABLE_VALUE"])
+    assert 2 <= killed_at < 6
     results = finish(start_workers(logdir, *plan, log_dir=tmp_path))
-    assert [code for code, _ in results] == [0, 0], results[0][1][-3000:]
-    assert f"at step {killed_at}" in results[0][1]
-    assert checkpoint_values(logdir)["step/.ATTRIBUTES/VARIABLE_VALUE"] == 12
+    assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    assert all(f"at step {killed_at}" in output for _, output in results)
+    # The chief alone wrote the run: one checkpoint series, one event file per start, the flags.
+    assert tf.train.latest_checkpoint(str(logdir / "checkpoints")).endswith("ckpt-6")
+    assert not [name for name in os.listdir(logdir / "checkpoints") if "corrupt" in name or "tmp" in name]
+    assert len([name for name in os.listdir(logdir) if name.startswith("events.out.tfevents")]) == 2
+    assert (logdir / "flags.txt").exists()
+    values = checkpoint_values(logdir)
+    assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == 6
+    assert values["pool_a/count/.ATTRIBUTES/VARIABLE_VALUE"] == 12  # one pool: both workers' fakes of 6 steps
+    assert values["pool_b/images/.ATTRIBUTES/VARIABLE_VALUE"].shape == (50, 256, 256, 1)
+
+
+def test_two_full_size_workers_write_one_checkpoint_of_the_design(tmp_path):
+    logdir = tmp_path / "run"
+    results = finish(start_workers(logdir, "--epochs=1", "--steps_per_epoch=1", log_dir=tmp_path,
+                                   runner=os.path.join(ROOT, "train.py")))
+    assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    assert sorted(os.listdir(logdir / "checkpoints")) == ["checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+    counts = checkpoint_weight_count(str(logdir))
+    assert counts == {"generator_g": 54_408_833, "generator_f": 54_408_833, "discriminator_x": 2_763_521,
+                      "discriminator_y": 2_763_521}
+    assert sum(counts.values()) == 114_344_708
+    values = checkpoint_values(logdir)
+    assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == 1
+    assert values["pool_a/count/.ATTRIBUTES/VARIABLE_VALUE"] == 2  # one pool: both workers' fakes

@@ -239,8 +239,8 @@ def test_a_parameter_count_other_than_the_design_is_a_one_line_error(monkeypatch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags", [{"gan_loss": "bce"}, {"lambda_identity": 0.0}, {"pool_size": 0},
-                                   {"batch_size": 2}], ids=["bce", "no_identity", "no_pool", "batch_2"])
+@pytest.mark.parametrize("flags", [{"gan_loss": "bce", "lambda_identity": 0.0, "pool_size": 0}, {"batch_size": 2}],
+                         ids=["bce_no_identity_no_pool", "batch_2"])
 def test_training_paths(tmp_path, flags):
     train(tmp_path, epochs=1, **flags)
     state = checkpoint_state(tmp_path)
@@ -380,7 +380,7 @@ def write_layout(root, layout: str, write_nifti) -> dict[str, list[np.ndarray]]:
 @pytest.mark.parametrize("layout", ["cyclegan", "ixi", "brats", "bids"])
 def test_data_dir_in_each_layout_trains_on_disjoint_subjects(tmp_path, write_nifti, layout):
     """Domain A holds exactly the T1 slices of the layout's T1 training files, B has as many slices as its T2
-    files, and no subject is in both domains or in the test split; then a step trains on them."""
+    files, and no subject is in both domains or in the test split; then (once) a step trains on them."""
     from data import layouts
 
     root = tmp_path / "data"
@@ -401,8 +401,9 @@ def test_data_dir_in_each_layout_trains_on_disjoint_subjects(tmp_path, write_nif
     assert len(data.slices_a) == len(want)
     for got, image in zip(data.slices_a, want):  # area-style resize is not used: 64 px fits the canvas
         np.testing.assert_allclose(got, on_canvas(image), atol=1e-6)
-    assert train(tmp_path / "run", data_dir=str(root), epochs=1, steps_per_epoch=1) == 1
-    assert flagfile.load(str(tmp_path / "run"))["data_dir"] == str(root)
+    if layout == "bids":  # one layout trains a step; the layouts differ only in the loading checked above
+        assert train(tmp_path / "run", data_dir=str(root), epochs=1, steps_per_epoch=1) == 1
+        assert flagfile.load(str(tmp_path / "run"))["data_dir"] == str(root)
 
 
 # ---------------------------------------------------------------- tf.distribute

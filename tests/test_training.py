@@ -17,7 +17,8 @@ def labelled(values, shape=(2, 2, 1)):
 
 def test_pool_fills_then_swaps_with_probability_half():
     pool = ImagePool(4, image_shape=(2, 2, 1), seed=3)
-    query = tf.function(pool.query)
+    traced = tf.function(pool.query)
+    query = lambda images, step: traced(images, tf.constant(step, tf.int64))  # one trace, not one per step
     out = query(labelled([1, 2]), 0)
     np.testing.assert_array_equal(out[:, 0, 0, 0], [1, 2])  # filling: returned as given
     out = query(labelled([3, 4]), 1)
@@ -95,7 +96,7 @@ def test_linear_decay():
         LinearDecay(2e-4, total_steps=10, decay_start=11)
 
 
-@pytest.mark.parametrize("xla", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("xla", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["graph", "xla"])
 def test_one_step_changes_weights(xla):
     model = CycleGAN(ModelConfig(pool_size=2), total_steps=10, decay_start=5, filters=4)  # the design, narrow
     before = {name: [w.numpy().copy() for w in model.network(name).trainable_weights] for name in NETWORKS}

@@ -107,3 +107,24 @@ def test_refusals_are_one_line_errors_from_translate_py(inputs, tmp_path):
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last, last
         assert not (inputs / "sub").exists()
+
+
+def test_the_time_split_puts_the_network_call_under_network(inputs, tmp_path, monkeypatch, caplog):
+    """A stand-in generator that takes 0.3 s per call: its time is counted as network, not preprocessing."""
+    import time
+
+    def slow_generator(batch):
+        time.sleep(0.3)
+        return -batch
+
+    caplog.set_level("INFO", logger="absl")
+    monkeypatch.setattr(translation, "load_generator", lambda *args: slow_generator)
+    assert translation.translate("t1_to_t2", str(inputs), str(tmp_path / "out"), None, "unused", "skip", 0.05,
+                                 1) == 2
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("time: ")]
+    assert len(lines) == 1
+    parts = dict(part.rsplit(" ", 2)[:2] for part in lines[0][len("time: "):].split(", "))
+    assert list(parts) == list(translation.TIMED_PARTS)
+    seconds = {part: float(value) for part, value in parts.items()}
+    assert 0.6 <= seconds["network"] < 0.6 + 1.0  # two slices, batch 1: two calls
+    assert seconds["preprocessing"] < 0.3  # no sleep leaked into it
