@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import QUICK, script
+from tests.helpers import FULL_SIZE_GROUP, QUICK, script
 
 # Two logical CPU devices, so that the in-process MirroredStrategy tests (--cpu_replicas=2) can run; this must
 # happen before TensorFlow starts its devices. Single-device code places everything on the first one.
@@ -77,8 +77,8 @@ def pytest_collection_modifyitems(config, items):
     `pytest -m "not slow"` is the quick development loop; the README's command still runs everything.
 
     For pytest-xdist (`-n 2 --dist loadgroup`, pyproject.toml), tests that share a module-scoped fixture stay
-    on one worker, so that the fixture's run is made once, and every test of the session's trained run joins
-    one group for the same reason; every other test goes wherever a worker is free.
+    on one worker, so that the fixture's run is made once, and the tests of the session's trained run join
+    FULL_SIZE_GROUP; every other test goes wherever a worker is free.
     """
     for item in items:
         if SLOW_FIXTURES & set(item.fixturenames) or starts_a_process(item.function, item.module):
@@ -94,8 +94,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 def worker_group(item) -> str | None:
+    if item.get_closest_marker("xdist_group"):  # a test's own group stands
+        return None
     if "trained_run" in item.fixturenames:
-        return "trained_run"
+        return FULL_SIZE_GROUP
     definitions = item._fixtureinfo.name2fixturedefs.values()
     if any(definition[-1].scope == "module" for definition in definitions):
         return item.module.__name__

@@ -23,6 +23,11 @@ QUICK = ["--synthetic_subjects=6", "--synthetic_test_subjects=2", "--summary_ima
          "--keep_checkpoints=1"]
 
 
+# The tests of the session's full-size trained run, and those that start several full-size processes of their own,
+# run one after the other on one xdist worker (tests/conftest.py): memory, not time, is what they would share badly.
+FULL_SIZE_GROUP = "full_size"
+
+
 def script(name: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
     """Runs an entry script of the repository the way a user would; output is captured."""
     kwargs.setdefault("timeout", 600)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import ROOT, checkpoint_weight_count
+from tests.helpers import FULL_SIZE_GROUP, ROOT, checkpoint_weight_count
 
 pytestmark = pytest.mark.slow
 
@@ -119,6 +119,7 @@ def test_a_worker_killed_with_sigkill_then_both_restarted_resume_and_write_one_r
     assert values["pool_b/images/.ATTRIBUTES/VARIABLE_VALUE"].shape == (50, 256, 256, 1)
 
 
+@pytest.mark.xdist_group(FULL_SIZE_GROUP)  # not beside another full-size run (memory)
 def test_two_full_size_workers_write_one_checkpoint_of_the_design(tmp_path):
     logdir = tmp_path / "run"
     results = finish(start_workers(logdir, "--epochs=1", "--steps_per_epoch=1", log_dir=tmp_path,

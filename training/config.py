@@ -25,7 +25,7 @@ class ModelConfig:
     pool_size: int = option(50, "Image-history pool size per domain (0 disables).", lower=0, structural=True)
     precision: str = option("float32", "Compute precision (mixed_float16 uses loss scaling).",
                             choices=("float32", "mixed_bfloat16", "mixed_float16"), structural=True)
-    xla: str = option("auto", "Compile the step with XLA; auto: on GPU only (measured slower on CPU, see BUILD.md).",
+    xla: str = option("auto", "Compile the step with XLA; auto: on GPU only (measured slower on CPU, see BENCHMARKS.md).",
                       choices=("auto", "true", "false"), resumable=True)
 
 
