@@ -7,7 +7,11 @@ fresh process per case, draws --batches batches and reports the process's peak r
 memory (VmHWM). The in-memory case holds the same slices as float32, as training does
 without --cache_dir, unless cache.memory_refusal refuses them on this machine.
 
-    python benchmarks/cache_memory.py --cache_root=/tmp/cache_memory
+    python benchmarks/cache_memory.py --cache_root=/tmp/cache_memory --train_steps=3
+
+With --train_steps, train.py itself (the full-size model) then trains that many steps from each cache
+(--cache_dir, the same data flags, so it opens the cache instead of building one) and its peak resident
+memory is reported: the model's memory plus the input's, which should not grow with the data set.
 
 Disk: (slices + slices / 10) x 2 domains x 128 KiB (5.8 GB for 20,000); the caches are kept
 for reruns (delete --cache_root afterwards).
@@ -28,6 +32,8 @@ flags.DEFINE_integer("slices", 20_000, "Slices per domain of the large data set.
 flags.DEFINE_integer("batches", 2_000, "Batches drawn per case.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 4, "Slices per domain per batch.", lower_bound=1)
 flags.DEFINE_integer("timeout", 3_600, "Seconds allowed per case.", lower_bound=1)
+flags.DEFINE_integer("train_steps", 0, "Steps of train.py from each cache (0: the pipeline cases only).",
+                     lower_bound=0)
 flags.DEFINE_enum("case", None, ["cache", "memory"], "Internal: run one case in this process.")
 FLAGS = flags.FLAGS
 
@@ -135,6 +141,35 @@ def main(argv):
         gb = {k: int(values[k]) / 1e9 for k in ("VmHWM", "before_rss", "VmRSS", "RssAnon", "RssFile")}
         print(f"{case:8s} {slices:13,d} {gb['VmHWM']:7.2f}GB {gb['before_rss']:8.2f}GB {gb['VmRSS']:7.2f}GB "
               f"{gb['RssAnon']:6.2f}GB {gb['RssFile']:6.2f}GB {(FLAGS.batches - 1) / float(values['seconds']):9.0f}")
+
+
+    if FLAGS.train_steps:
+        print(f"\ntrain.py, {FLAGS.train_steps} steps from --cache_dir (full-size model, float32, batch 1)")
+        for slices in (small, FLAGS.slices):
+            print(f"cache    {slices:13,d} peak RSS {train_peak_rss(slices) / 1e9:.2f} GB", flush=True)
+
+
+def train_peak_rss(slices: int) -> int:
+    """Peak resident memory (bytes) of a train.py run on the cache of `slices` slices per domain."""
+    import tempfile
+
+    logdir = tempfile.mkdtemp(prefix="cache_memory_run_")
+    try:
+        train = [sys.executable, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py"),
+                 f"--cache_dir={os.path.join(FLAGS.cache_root, str(slices))}", f"--synthetic_subjects={slices}",
+                 f"--synthetic_seed={spec_for(slices).synthetic_seed}", "--epochs=1",
+                 f"--steps_per_epoch={FLAGS.train_steps}", f"--logdir={logdir}"]
+        # A parent of its own, so that RUSAGE_CHILDREN holds train.py's peak alone (ru_maxrss is in KiB on Linux).
+        measure = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+                   "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if code == 0 else -code)")
+        result = subprocess.run([sys.executable, "-c", measure, *train], capture_output=True, text=True,
+                                timeout=FLAGS.timeout)
+        kib = int(result.stdout.strip().splitlines()[-1])
+        if kib <= 0:
+            raise RuntimeError(f"train.py failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+        return kib * 1024
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,25 @@
 """Shared fixtures: the real MRI folder next to the repository, NIfTI writing and absl warnings."""
 
+import fcntl
 import inspect
 import logging
+import os
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # pytest-xdist workers share the cores: each worker's kernels (and the processes its tests start) get their
+    # share instead of every worker's thread pools spinning on every core. Inter-op threads stay: collective ops
+    # of the distributed tests need several at once.
+    share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for variable in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(variable, share)
 
 import nibabel as nib
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import FULL_SIZE_GROUP, QUICK, script
+from tests.helpers import QUICK, ROOT, finish_workers, start_workers
 
 # Two logical CPU devices, so that the in-process MirroredStrategy tests (--cpu_replicas=2) can run; this must
 # happen before TensorFlow starts its devices. Single-device code places everything on the first one.
@@ -49,13 +59,26 @@ def absl_warnings(caplog):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> str:
-    """The logdir of a one-step training run on the built-in data, shared by tests that only read it."""
-    logdir = str(tmp_path_factory.mktemp("trained_run"))
-    # Written by MirroredStrategy over two CPU devices, so every tool is tested on a distributed run's checkpoint.
-    result = script("train.py", "--epochs=1", "--steps_per_epoch=1", f"--logdir={logdir}", "--strategy=mirrored",
-                    "--cpu_replicas=2", "--batch_size=2", *QUICK)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return logdir
+    """The logdir of a one-step training run on the built-in data, shared by tests that only read it.
+
+    Made once per test session: under pytest-xdist the first worker that needs it trains while the others
+    wait on a lock in the folder all workers share, then read the same run.
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # <basetemp>/popen-gw0 -> <basetemp>, common to the workers
+    logdir, done = shared / "trained_run", shared / "trained_run.done"
+    with open(shared / "trained_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            # Two train.py processes as the workers of one MultiWorkerMirroredStrategy run (loopback ports), so
+            # that every tool is tested on a distributed run's checkpoint (tests/test_distribute.py checks it).
+            results = finish_workers(start_workers(os.path.join(ROOT, "train.py"), logdir, "--epochs=1",
+                                                   "--steps_per_epoch=1", "--batch_size=2", *QUICK, log_dir=shared),
+                                     timeout=600)
+            assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+            done.touch()
+    return str(logdir)
 
 
 # Fixtures that train or start processes: a test using one belongs to the slow tier.
@@ -77,8 +100,8 @@ def pytest_collection_modifyitems(config, items):
     `pytest -m "not slow"` is the quick development loop; the README's command still runs everything.
 
     For pytest-xdist (`-n 2 --dist loadgroup`, pyproject.toml), tests that share a module-scoped fixture stay
-    on one worker, so that the fixture's run is made once, and the tests of the session's trained run join
-    FULL_SIZE_GROUP; every other test goes wherever a worker is free.
+    on one worker, so that the fixture's run is made once; every other test goes wherever a worker is free
+    (the session's trained run is made once for all workers: see trained_run).
     """
     for item in items:
         if SLOW_FIXTURES & set(item.fixturenames) or starts_a_process(item.function, item.module):
@@ -94,10 +117,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 def worker_group(item) -> str | None:
-    if item.get_closest_marker("xdist_group"):  # a test's own group stands
-        return None
-    if "trained_run" in item.fixturenames:
-        return FULL_SIZE_GROUP
     definitions = item._fixtureinfo.name2fixturedefs.values()
     if any(definition[-1].scope == "module" for definition in definitions):
         return item.module.__name__

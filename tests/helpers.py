@@ -2,11 +2,14 @@
 
 import glob
 import copy
+import json
 import os
 import re
+import socket
 import subprocess
-from pathlib import Path
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -23,9 +26,44 @@ QUICK = ["--synthetic_subjects=6", "--synthetic_test_subjects=2", "--summary_ima
          "--keep_checkpoints=1"]
 
 
-# The tests of the session's full-size trained run, and those that start several full-size processes of their own,
-# run one after the other on one xdist worker (tests/conftest.py): memory, not time, is what they would share badly.
-FULL_SIZE_GROUP = "full_size"
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(runner: str, logdir, *flags: str, log_dir) -> list[subprocess.Popen]:
+    """Two processes of `runner` (a training script) as the workers of one MultiWorkerMirroredStrategy run, with
+    TF_CONFIG naming two loopback ports; each one's output goes to a log file in `log_dir`."""
+    ports = free_ports(2)
+    processes = []
+    for index in range(2):
+        config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                  "task": {"type": "worker", "index": index}}
+        log = open(os.path.join(log_dir, f"worker{index}-{time.monotonic_ns()}.log"), "w")
+        processes.append(subprocess.Popen([sys.executable, runner, f"--logdir={logdir}", *flags], cwd=ROOT,
+                                          env={**os.environ, "TF_CONFIG": json.dumps(config)}, stdout=log,
+                                          stderr=subprocess.STDOUT, text=True))
+        processes[-1].log_path = log.name
+    return processes
+
+
+def finish_workers(processes: list[subprocess.Popen], timeout: float) -> list[tuple[int, str]]:
+    """Each worker's exit code and output; kills them all when one outlives the timeout."""
+    deadline = time.monotonic() + timeout
+    try:
+        for process in processes:
+            process.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return [(process.returncode, open(process.log_path).read()) for process in processes]
 
 
 def script(name: str, *args: str, **kwargs) -> subprocess.CompletedProcess:

@@ -1,23 +1,22 @@
 """MultiWorkerMirroredStrategy with two worker processes on this machine (TF_CONFIG naming two loopback
-ports): once with train.py itself (the full-size model, one step), then on the narrow networks
-(tests/narrow_train.py: train.py's command line, filters=4) for preemption and kill -9.
+ports): the session's trained run is one (train.py itself, the full-size model, one step; tests/conftest.py);
+preemption and kill -9 run on the narrow networks (tests/narrow_train.py: train.py's command line, filters=4).
 
 Every subprocess has a timeout; the workers talk over 127.0.0.1 only.
 """
 
-import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import FULL_SIZE_GROUP, ROOT, checkpoint_weight_count
+from tests import helpers
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -27,42 +26,12 @@ PLAN = ["--synthetic_subjects=6", "--synthetic_test_subjects=2", "--summary_imag
 TIMEOUT = 600
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def start_workers(logdir, *flags, log_dir, runner=RUNNER) -> list[subprocess.Popen]:
-    ports = free_ports(2)
-    processes = []
-    for index in range(2):
-        config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
-                  "task": {"type": "worker", "index": index}}
-        log = open(os.path.join(log_dir, f"worker{index}-{time.monotonic_ns()}.log"), "w")
-        processes.append(subprocess.Popen([sys.executable, runner, f"--logdir={logdir}", *PLAN, *flags], cwd=ROOT,
-                                          env={**os.environ, "TF_CONFIG": json.dumps(config)}, stdout=log,
-                                          stderr=subprocess.STDOUT, text=True))
-        processes[-1].log_path = log.name
-    return processes
+    return helpers.start_workers(runner, logdir, *PLAN, *flags, log_dir=log_dir)
 
 
 def finish(processes) -> list[tuple[int, str]]:
-    """Each worker's exit code and output; kills them all when one outlives the timeout."""
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        for process in processes:
-            process.wait(timeout=max(deadline - time.monotonic(), 1))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    return [(process.returncode, open(process.log_path).read()) for process in processes]
+    return helpers.finish_workers(processes, TIMEOUT)
 
 
 def checkpoint_values(logdir) -> dict[str, np.ndarray]:
@@ -119,17 +88,14 @@ def test_a_worker_killed_with_sigkill_then_both_restarted_resume_and_write_one_r
     assert values["pool_b/images/.ATTRIBUTES/VARIABLE_VALUE"].shape == (50, 256, 256, 1)
 
 
-@pytest.mark.xdist_group(FULL_SIZE_GROUP)  # not beside another full-size run (memory)
-def test_two_full_size_workers_write_one_checkpoint_of_the_design(tmp_path):
-    logdir = tmp_path / "run"
-    results = finish(start_workers(logdir, "--epochs=1", "--steps_per_epoch=1", log_dir=tmp_path,
-                                   runner=os.path.join(ROOT, "train.py")))
-    assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+def test_two_full_size_workers_write_one_checkpoint_of_the_design(trained_run):
+    """The session's trained run is a two-worker run of train.py itself (tests/conftest.py): the chief alone
+    wrote one checkpoint series of the full-size model (its count: test_train_script.py), with one pool per
+    domain holding both workers' fakes."""
+    logdir = Path(trained_run)
     assert sorted(os.listdir(logdir / "checkpoints")) == ["checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
-    counts = checkpoint_weight_count(str(logdir))
-    assert counts == {"generator_g": 54_408_833, "generator_f": 54_408_833, "discriminator_x": 2_763_521,
-                      "discriminator_y": 2_763_521}
-    assert sum(counts.values()) == 114_344_708
+    assert len([name for name in os.listdir(logdir) if name.startswith("events.out.tfevents")]) == 1
+    assert sum(helpers.checkpoint_weight_count(trained_run).values()) == 114_344_708
     values = checkpoint_values(logdir)
     assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == 1
-    assert values["pool_a/count/.ATTRIBUTES/VARIABLE_VALUE"] == 2  # one pool: both workers' fakes
+    assert values["pool_a/count/.ATTRIBUTES/VARIABLE_VALUE"] == 2 and values["pool_b/count/.ATTRIBUTES/VARIABLE_VALUE"] == 2

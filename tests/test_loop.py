@@ -98,23 +98,6 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_steps_then_resume_continues_the_step(tmp_path):
-    assert train(tmp_path, epochs=1, steps_per_epoch=2) == 2
-    assert saved_steps(tmp_path) == [2]
-    assert train(tmp_path, epochs=2, steps_per_epoch=2) == 4
-    assert saved_steps(tmp_path) == [2, 4]
-    state = checkpoint_state(tmp_path)
-    assert state["step/.ATTRIBUTES/VARIABLE_VALUE"] == 4
-    for network in NETWORKS:  # every optimizer counted the run's steps
-        assert state[f"optimizer_{network}/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == 4
-    # A finished run started again does nothing.
-    assert train(tmp_path, epochs=2, steps_per_epoch=2) == 4
-    assert save_count(tmp_path) == 2
-    after = checkpoint_state(tmp_path)
-    assert all(np.array_equal(state[name], after[name]) for name in state)
-
-
-@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_the_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch,
                                                                                   uninterrupted):
     """Stopped after step 4 (mid epoch 2), resumed by the same call: the uninterrupted state (see RESUME_RTOL), so
@@ -167,8 +150,9 @@ def test_save_every_steps_that_divides_the_epoch_saves_each_step_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resume_may_change_only_resumable_flags_and_the_change_is_recorded(tmp_path):
-    train(tmp_path, epochs=1)
+def test_two_steps_then_a_resume_continues_the_step_and_may_change_only_resumable_flags(tmp_path):
+    assert train(tmp_path, epochs=1, steps_per_epoch=2) == 2
+    assert saved_steps(tmp_path) == [2]
     saved = (tmp_path / "flags.txt").read_text()
     for flags, named in (({"precision": "mixed_bfloat16"}, "--precision=float32 (now mixed_bfloat16)"),
                          ({"pool_size": 3}, "--pool_size=50 (now 3)"),
@@ -176,13 +160,23 @@ def test_a_resume_may_change_only_resumable_flags_and_the_change_is_recorded(tmp
                          ({"lr": 1e-3}, "--lr=0.0002 (now 0.001)"),
                          ({"augment_rotate": 5.0}, "--augment_rotate=0.0 (now 5.0)")):
         with pytest.raises(loop.TrainingError, match="cannot resume with other values") as refused:
-            train(tmp_path, epochs=2, **flags)
+            train(tmp_path, epochs=2, steps_per_epoch=2, **flags)
         assert named in str(refused.value) and "\n" not in str(refused.value)
         assert (tmp_path / "flags.txt").read_text() == saved
-    assert train(tmp_path, epochs=2, log_every_steps=2) == 6
+    assert train(tmp_path, epochs=2, steps_per_epoch=2, log_every_steps=2) == 4
+    assert saved_steps(tmp_path) == [2, 4]
+    state = checkpoint_state(tmp_path)
+    assert state["step/.ATTRIBUTES/VARIABLE_VALUE"] == 4
+    for network in NETWORKS:  # every optimizer counted the run's steps
+        assert state[f"optimizer_{network}/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == 4
     assert flagfile.load(str(tmp_path))["epochs"] == "2" and flagfile.load(str(tmp_path))["log_every_steps"] == "2"
     assert (tmp_path / flagfile.HISTORY).read_text().splitlines() == [
-        "from step 3: --epochs=2 (was 1)", "from step 3: --log_every_steps=2 (was 1)"]
+        "from step 2: --epochs=2 (was 1)", "from step 2: --log_every_steps=2 (was 1)"]
+    # A finished run started again does nothing.
+    assert train(tmp_path, epochs=2, steps_per_epoch=2, log_every_steps=2) == 4
+    assert save_count(tmp_path) == 2
+    after = checkpoint_state(tmp_path)
+    assert all(np.array_equal(state[name], after[name]) for name in state)
 
 
 # flags.txt as train.py wrote it before the config objects (commit d4bc9b3), for TINY with --epochs=1.
