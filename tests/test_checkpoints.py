@@ -6,6 +6,7 @@ aside and hold ckpt-2's state; once, through the loop, the resumed run must end 
 
 import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -240,6 +241,79 @@ def test_verification_compares_shapes_with_the_model(tmp_path):
     assert checkpoints.mismatch(path, written) is None
     other = tf.train.Checkpoint(v=tf.Variable(tf.zeros([3, 2])), w=tf.Variable(1.0))
     assert checkpoints.mismatch(path, other) == "v/.ATTRIBUTES/VARIABLE_VALUE has shape [2, 3], the model [3, 2]"
+
+
+# ---------------------------------------------------------------- background saves
+
+def one_step(model: CycleGAN, seed: int) -> None:
+    images = tf.random.stateless_uniform((2, 1, 256, 256, 1), (seed, 0), -1.0, 1.0)
+    model.train_step(images[0], images[1])
+
+
+def held_writes(checkpointer: checkpoints.Checkpointer, monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Makes `checkpointer`'s next writes wait: (started, proceed) events around the write to disk."""
+    started, proceed = threading.Event(), threading.Event()
+    write = checkpointer.written._write
+
+    def held_write(*args, **kwargs):
+        started.set()
+        assert proceed.wait(timeout=60)
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(checkpointer.written, "_write", held_write)
+    return started, proceed
+
+
+def test_a_background_save_holds_its_steps_state_while_training_goes_on(tmp_path, monkeypatch):
+    model = narrow(pool_size=2)
+    one_step(model, 1)
+    checkpoints.Checkpointer(model, str(tmp_path / "waited")).save()
+    background = checkpoints.Checkpointer(model, str(tmp_path / "background"), background=True)
+    started, proceed = held_writes(background, monkeypatch)
+    assert background.save() == ckpt(tmp_path / "background", 1)
+    assert started.wait(timeout=60)
+    one_step(model, 2)  # changes every weight, moment and pool image before the write starts
+    proceed.set()
+    background.finish()
+    waited, written = checkpoint_state(tmp_path / "waited"), checkpoint_state(tmp_path / "background")
+    assert sorted(written) == sorted(waited) and len(written) > 300
+    assert [name for name in waited if not np.array_equal(waited[name], written[name])] == []  # bit for bit
+    resumed = narrow(pool_size=2)
+    assert checkpoints.Checkpointer(resumed, str(tmp_path / "background")).restore_latest() is not None
+    assert resumed.current_step == 1
+
+
+def test_the_state_file_names_a_background_checkpoint_only_once_it_is_written(tmp_path, monkeypatch):
+    """With one checkpoint kept, a kill -9 during a background write must still find the previous one."""
+    model = narrow(pool_size=2)
+    one_step(model, 1)
+    checkpointer = checkpoints.Checkpointer(model, str(tmp_path), max_to_keep=1, background=True)
+    checkpointer.save()
+    checkpointer.finish()
+    one_step(model, 2)
+    started, proceed = held_writes(checkpointer, monkeypatch)
+    checkpointer.save()
+    assert started.wait(timeout=60)
+    assert tf.train.latest_checkpoint(tmp_path / "checkpoints") == ckpt(tmp_path, 1)
+    assert rundir_checkpoints.damage(ckpt(tmp_path, 1)) is None
+    proceed.set()
+    checkpointer.finish()
+    assert tf.train.latest_checkpoint(tmp_path / "checkpoints") == ckpt(tmp_path, 2)
+    assert saved_steps(tmp_path) == [2]
+
+
+def test_a_failed_background_write_is_raised_at_the_next_save_and_set_aside(tmp_path, monkeypatch):
+    model = narrow(pool_size=2)
+    one_step(model, 1)
+    checkpointer = checkpoints.Checkpointer(model, str(tmp_path), background=True)
+    monkeypatch.setattr(checkpoints, "damage", lambda path: f"{os.path.basename(path)}.index is unreadable")
+    checkpointer.save()  # returns while the write runs
+    one_step(model, 2)
+    with pytest.raises(checkpoints.CheckpointError, match=r"^checkpoint .*ckpt-1 is not whole after writing "
+                                                          r"\(ckpt-1.index is unreadable\); set aside"):
+        checkpointer.save()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["ckpt-1.data-00000-of-00001.corrupt",
+                                                            "ckpt-1.index.corrupt"]
 
 
 # ---------------------------------------------------------------- weights-only snapshots

@@ -6,11 +6,17 @@ atomically, so a run killed at any moment still has its last complete checkpoint
 prevent (a copy or sync that truncated a file, a lost index, flipped bits, a checkpoint of another
 configuration) is found on restore: such a checkpoint is set aside as *.corrupt and the next older one
 is tried.
+
+A background save (the default in train.py) copies the state into a staging twin of the model, which takes a
+fraction of a second, and writes the twin in a thread while training goes on; the write and its verification
+are waited for at the next save and at the end of the run. The `checkpoint` state file still changes only after
+the data is on disk, so a kill -9 during the write leaves the previous checkpoint as the newest.
 """
 
 import os
 import re
 import shutil
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -44,18 +50,25 @@ class Checkpointer:
     by the step, and restores the newest intact one; `last_saved_step` lets the loop skip a second save of a
     step. Weights-only snapshots go to <logdir>/weights and are all kept."""
 
-    def __init__(self, model: CycleGAN, logdir: str, max_to_keep: int = 3, restore_logdir: str | None = None):
+    def __init__(self, model: CycleGAN, logdir: str, max_to_keep: int = 3, restore_logdir: str | None = None,
+                 background: bool = False):
         """`restore_logdir` (default `logdir`) is where the run's checkpoints are read: a non-chief worker of a
-        multi_worker run restores the chief's and writes its own into a temporary `logdir`."""
+        multi_worker run restores the chief's and writes its own into a temporary `logdir`. `background` writes
+        from a staging twin in a thread (costs a second copy of the state in memory)."""
         self.model = model
         self.logdir = logdir
         self.restore_logdir = restore_logdir or logdir
         self.max_to_keep = max_to_keep
         self.last_saved_step = None
+        self.last_saved_path = None
         self.checkpoint = model.checkpoint()
-        self.manager = tf.train.CheckpointManager(self.checkpoint, checkpoint_dir(logdir), max_to_keep=max_to_keep)
+        self.staging = model.twin() if background else None
+        self.written = self.staging.checkpoint() if background else self.checkpoint  # what the manager writes
+        self.manager = tf.train.CheckpointManager(self.written, checkpoint_dir(logdir), max_to_keep=max_to_keep)
         self.weights = weights_only(model)
         self.weights_manager = tf.train.CheckpointManager(self.weights, weights_dir(logdir), max_to_keep=None)
+        self._writing: threading.Thread | None = None
+        self._write_error: str | None = None
 
     def restore_latest(self) -> str | None:
         """Restores the newest intact checkpoint and returns its path; None for a new run.
@@ -72,9 +85,11 @@ class Checkpointer:
             reason = damage(path) or self._restore(checkpoint, path)
             if reason is None:
                 self.checkpoint = checkpoint
-                self.manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir(self.logdir),
+                if self.staging is None:
+                    self.written = checkpoint
+                self.manager = tf.train.CheckpointManager(self.written, checkpoint_dir(self.logdir),
                                                           max_to_keep=self.max_to_keep)
-                self.last_saved_step = self.model.current_step
+                self.last_saved_step, self.last_saved_path = self.model.current_step, path
                 logging.info("resumed from %s at step %d", path, self.model.current_step)
                 return path
             if not owner:
@@ -107,30 +122,66 @@ class Checkpointer:
                 if not all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in self.model.network(name).weights)]
 
     def save(self) -> str:
-        """Writes a checkpoint numbered by the step: refuses non-finite weights and a disk without room for it,
-        and verifies what was written."""
-        path = self._save(self.manager, self.checkpoint)
-        self.last_saved_step = self.model.current_step
+        """Writes a checkpoint numbered by the step (in the background when so built): refuses non-finite
+        weights and a disk without room for it, and verifies what was written. Raises CheckpointError for this
+        save or for the previous background one."""
+        step = self.model.current_step
+        self.finish()
+        self._check(self.manager, step)
+        if self.staging is None:
+            path = self._write(self.manager, self.written, step)
+        else:
+            for live, staged in zip(self.model.state(), self.staging.state(), strict=True):
+                staged.assign(live)
+            path = os.path.join(self.manager.directory, f"ckpt-{step}")  # the name manager.save gives it
+            self._write_error = None
+            self._writing = threading.Thread(target=self._write_in_background, args=(step,), name="checkpoint")
+            self._writing.start()  # not a daemon: an exiting process still completes the write
+        self.last_saved_step, self.last_saved_path = step, path
         return path
+
+    def finish(self) -> None:
+        """Waits for a background write and raises CheckpointError if it failed; nothing to do otherwise."""
+        if self._writing is None:
+            return
+        self._writing.join()
+        self._writing = None
+        if self._write_error:
+            raise CheckpointError(self._write_error)
+
+    def _write_in_background(self, step: int) -> None:
+        try:
+            self._write(self.manager, self.written, step)
+        except CheckpointError as error:
+            self._write_error = str(error)
+        except (OSError, tf.errors.OpError) as error:  # a full disk, say
+            self._write_error = f"checkpoint at step {step} not written: {_first_line(error)}"
+        if self._write_error:
+            logging.error("%s", self._write_error)
 
     def save_weights(self) -> str:
         """Writes a weights-only snapshot <logdir>/weights/ckpt-<step>, checked as `save` checks."""
-        return self._save(self.weights_manager, self.weights)
-
-    def _save(self, manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoint) -> str:
         step = self.model.current_step
+        self._check(self.weights_manager, step)
+        return self._write(self.weights_manager, self.weights, step)
+
+    def _check(self, manager: tf.train.CheckpointManager, step: int) -> None:
+        """Refuses non-finite weights and a disk without room for a checkpoint."""
         bad = self.non_finite_networks()
         if bad:
             raise NonFiniteWeightsError(f"non-finite weights in {', '.join(bad)} at step {step}; checkpoint not "
                                         "written")
         os.makedirs(manager.directory, exist_ok=True)
         previous = manager.latest_checkpoint
-        needed = (files_size(previous) if previous else 0) or variables_size(checkpoint)
+        needed = (files_size(previous) if previous else 0) or variables_size(manager.checkpoint)
         free = shutil.disk_usage(manager.directory).free
         if free < needed:
             kept = f"; {previous} is intact" if previous else ""
             raise CheckpointError(f"not enough space for a checkpoint at step {step} in "
                                   f"{manager.directory}: {free:,} bytes free, {needed:,} needed{kept}")
+
+    @staticmethod
+    def _write(manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoint, step: int) -> str:
         path = manager.save(checkpoint_number=step)
         reason = damage(path) or mismatch(path, checkpoint)
         if reason:

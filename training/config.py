@@ -53,6 +53,9 @@ class RunConfig:
                                           "and on Ctrl-C/SIGTERM).", lower=1, resumable=True)
     keep_checkpoints: int = option(3, "Newest checkpoints kept (each holds the networks, optimizers and pools: about "
                                    "1.4 GB).", lower=1, resumable=True)
+    background_checkpoints: bool = option(
+        True, "Write checkpoints in a background thread from a copy of the state taken in a fraction of a second "
+        "(costs that copy in memory, about 1.5 GB); false: the loop waits for each write.", resumable=True)
     keep_weights_every_epochs: int | None = option(
         None, "Also keep a weights-only snapshot (networks and step, about 0.45 GB) every this many epochs in "
         "<logdir>/weights, all kept; evaluate.py, translate.py and export.py read one with --checkpoint.",

@@ -27,6 +27,7 @@ class CycleGAN(tf.Module):
     def __init__(self, config: ModelConfig, total_steps: int, decay_start: int, seed: int = 0, filters: int = 64):
         super().__init__(name="cyclegan")
         self.config = config
+        self._arguments = (config, total_steps, decay_start, seed, filters)
         # The same on every replica: each adds 1 and the first replica's value is kept.
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -64,6 +65,22 @@ class CycleGAN(tf.Module):
             for name in ("generator_g", "generator_f")
             for layer in self.network(name)._flatten_layers()
             if isinstance(layer, keras.layers.Dropout)
+        ]
+
+    def twin(self) -> "CycleGAN":
+        """A CycleGAN of the same configuration with its own variables (on the default device, outside any
+        distribution strategy): the staging copy that a background checkpoint is written from."""
+        return CycleGAN(*self._arguments)
+
+    def state(self) -> list:
+        """Every variable a checkpoint holds, in an order that is the same for every CycleGAN of one
+        configuration: what a background save copies from the live model into its twin."""
+        return [
+            self.step,
+            *(weight for name in NETWORKS for weight in self.network(name).weights),
+            *(variable for name in NETWORKS for variable in self.optimizers[name].variables),
+            self.pool_a.images, self.pool_a.count, self.pool_b.images, self.pool_b.count,
+            *self.dropout_states(),
         ]
 
     def checkpoint(self) -> tf.train.Checkpoint:

@@ -231,8 +231,13 @@ def save_checkpoint(checkpointer: Checkpointer, logdir: str) -> str:
     """Saves the state at the current step (once per step); the previous checkpoint stays intact on failure."""
     step = checkpointer.model.current_step
     if checkpointer.last_saved_step == step:
-        return checkpointer.manager.latest_checkpoint
+        return checkpointer.last_saved_path
     return _checked_write(checkpointer.save, step, logdir)
+
+
+def finish_checkpoint(checkpointer: Checkpointer, logdir: str) -> None:
+    """Waits for a background save to be on disk and verified."""
+    _checked_write(checkpointer.finish, checkpointer.last_saved_step, logdir)
 
 
 def save_weights_snapshot(checkpointer: Checkpointer, logdir: str) -> str:
@@ -359,6 +364,7 @@ def run_epoch(run: Run, epoch: int, stop: StopRequest) -> dict[str, float]:
         if signal_name:
             path = save_checkpoint(run.checkpointer, run.logdir)
             run.writer.flush()
+            finish_checkpoint(run.checkpointer, run.logdir)
             all_saved(run)
             raise Stopped(signal_name, step, path)
         lr = float(model.learning_rate())
@@ -407,7 +413,7 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
 
     # ------------------------------------------------------------ checkpoint
     checkpointer = Checkpointer(model, logdir if chief else worker_folder(), max_to_keep=config.run.keep_checkpoints,
-                                restore_logdir=logdir)
+                                restore_logdir=logdir, background=config.run.background_checkpoints)
     resumed = restore_or_start(checkpointer)
     start = model.current_step
     if start >= plan.total_steps:
@@ -454,5 +460,6 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
             raise TrainingError(f"a worker stopped responding after step {model.current_step} ({reason}); rerun "
                                 "every worker's command to resume from the newest checkpoint") from error
     writer.close()
+    finish_checkpoint(checkpointer, logdir)
     logging.info("finished: %d steps in %s", model.current_step, logdir)
     return model.current_step
