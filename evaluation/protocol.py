@@ -6,7 +6,8 @@ a direction (`t1_to_t2`), its identity baseline (`baseline_identity/t1_to_t2`) o
 (`t1_cycle`: T1 -> T2 -> T1 against the T1 source), and the non-learned rows beside it
 (`baseline_histogram/t1_to_t2`, `oracle_intensity_map/t1_to_t2`; evaluation/baselines.py).
 With the air mask on, the model's outputs (translations and cycles) are 0 where the source is air
-(data/masks.py), as translate.py writes them.
+(data/masks.py), as translate.py writes them, and so is the oracle map (fitted on the rest); histogram
+matching always keeps air at 0.
 """
 
 import dataclasses
@@ -94,8 +95,9 @@ def comparisons(pairs: list, direction: Direction, translated: np.ndarray, recon
     if reference is not None:
         compared[f"{HISTOGRAM}/{direction.name}"] = [(s, t, baselines.match_histogram(s.original, reference))
                                                       for s, t in zip(sources, targets)]
-    compared[f"{ORACLE}/{direction.name}"] = [(s, t, baselines.oracle_intensity_map(s.original, t.original))
-                                              for s, t in zip(sources, targets)]
+    airs = [None] * len(sources) if air is None else air
+    compared[f"{ORACLE}/{direction.name}"] = [(s, t, baselines.oracle_intensity_map(s.original, t.original, a))
+                                              for s, t, a in zip(sources, targets, airs)]
     compared[cycle_name(direction)] = list(zip(sources, sources, model(reconstructed)))
     return compared
 
