@@ -87,6 +87,8 @@ class Checkpointer:
                 self.checkpoint = checkpoint
                 if self.staging is None:
                     self.written = checkpoint
+                else:  # the twin writes from now on: its count of saves goes on from the restored one
+                    self.written.save_counter.assign(checkpoint.save_counter)
                 self.manager = tf.train.CheckpointManager(self.written, checkpoint_dir(self.logdir),
                                                           max_to_keep=self.max_to_keep)
                 self.last_saved_step, self.last_saved_path = self.model.current_step, path
