@@ -68,9 +68,11 @@ class CycleGAN(tf.Module):
         ]
 
     def twin(self) -> "CycleGAN":
-        """A CycleGAN of the same configuration with its own variables (on the default device, outside any
-        distribution strategy): the staging copy that a background checkpoint is written from."""
-        return CycleGAN(*self._arguments)
+        """A CycleGAN of the same configuration with its own variables in host memory, outside any distribution
+        strategy: the staging copy that a background checkpoint is written from (on a GPU, the copy is a
+        device-to-host transfer and costs no device memory)."""
+        with tf.device("/cpu:0"):
+            return CycleGAN(*self._arguments)
 
     def state(self) -> list:
         """Every variable a checkpoint holds, in an order that is the same for every CycleGAN of one
