@@ -55,7 +55,8 @@ class RunConfig:
                                    "1.4 GB).", lower=1, resumable=True)
     background_checkpoints: bool = option(
         True, "Write checkpoints in a background thread from a copy of the state taken in a fraction of a second "
-        "(costs that copy in memory, about 1.5 GB); false: the loop waits for each write.", resumable=True)
+        "(costs that copy in memory, about 1.5 GB); false: the loop waits for each write. Single-device runs only: "
+        "mirrored and multi_worker runs always wait.", resumable=True)
     keep_weights_every_epochs: int | None = option(
         None, "Also keep a weights-only snapshot (networks and step, about 0.45 GB) every this many epochs in "
         "<logdir>/weights, all kept; evaluate.py, translate.py and export.py read one with --checkpoint.",

@@ -219,6 +219,18 @@ def worker_folder() -> str:
     return folder
 
 
+def background_saves(config: TrainConfig, strategy: tf.distribute.Strategy) -> bool:
+    """--background_checkpoints on a single device; distributed runs wait for each write: their resumed runs
+    were not reproduced exactly with a write overlapping the next steps (a mirrored resume test)."""
+    if not config.run.background_checkpoints:
+        return False
+    if isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)):
+        logging.info("checkpoints are written before training goes on (--background_checkpoints applies to "
+                     "single-device runs)")
+        return False
+    return True
+
+
 def restore_or_start(checkpointer: Checkpointer) -> bool:
     """Restores the newest intact checkpoint if there is one (setting damaged ones aside); returns whether it did."""
     try:
@@ -413,7 +425,7 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
 
     # ------------------------------------------------------------ checkpoint
     checkpointer = Checkpointer(model, logdir if chief else worker_folder(), max_to_keep=config.run.keep_checkpoints,
-                                restore_logdir=logdir, background=config.run.background_checkpoints)
+                                restore_logdir=logdir, background=background_saves(config, strategy))
     resumed = restore_or_start(checkpointer)
     start = model.current_step
     if start >= plan.total_steps:
