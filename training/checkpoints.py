@@ -156,7 +156,7 @@ class Checkpointer:
             self._write(self.manager, self.written, step)
         except CheckpointError as error:
             self._write_error = str(error)
-        except (OSError, tf.errors.OpError) as error:  # a full disk, say
+        except Exception as error:  # a full disk, say; anything else must reach finish() too, not end the thread
             self._write_error = f"checkpoint at step {step} not written: {_first_line(error)}"
         if self._write_error:
             logging.error("%s", self._write_error)
