@@ -6,6 +6,7 @@ tests/test_train_script.py keeps what only a process shows, with the full-size m
 
 import os
 import signal
+import types
 
 import numpy as np
 import pytest
@@ -117,6 +118,37 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_equals_the_uninterrupted_on
     moved = [name for name in reference if "/_trainable_variables/" in name
              and not np.array_equal(early[name], reference[name])]
     assert len(moved) == len([name for name in reference if "/_trainable_variables/" in name])
+
+
+def test_a_signal_landing_while_the_workers_agree_stops_every_worker_at_the_next_step(monkeypatch):
+    """Two multi_worker workers; worker 1's SIGTERM handler runs while the step-2 agreement is under way (as
+    it does when the signal arrives during the collective). Both must decide alike at every step: stopping
+    only worker 1 left worker 0 in a different collective ("expected data_type 9 but got 3")."""
+    stops = [loop.StopRequest(), loop.StopRequest()]
+    sent = {}  # agreement number -> worker 1's flag (worker 1 asks first each step)
+
+    def any_worker_of(worker):
+        def any_worker(_strategy):
+            asked = iter(range(100))
+
+            def agree(flag):
+                number = next(asked)
+                if worker == 1:
+                    sent[number] = flag
+                    if number == 1:
+                        stops[1].signal = "SIGTERM"  # the handler runs as the collective returns
+                    return flag  # worker 0 is never signalled
+                return flag or sent[number]
+            return agree
+        return any_worker
+
+    monkeypatch.setattr(loop.distribute, "is_multi_worker", lambda strategy: True)
+    ask = {}
+    for worker in (0, 1):
+        monkeypatch.setattr(loop.distribute, "any_worker", any_worker_of(worker))
+        ask[worker] = loop.stop_signal(types.SimpleNamespace(strategy=None), stops[worker])
+    decisions = [(ask[1](), ask[0]()) for _ in range(3)]
+    assert decisions == [(None, None), (None, None), ("SIGTERM", "SIGTERM")]
 
 
 @pytest.mark.slow

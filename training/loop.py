@@ -331,15 +331,18 @@ def stop_signal(run: Run, stop: StopRequest):
     """A function giving the signal that stops the run before the next step, or None.
 
     Under multi_worker every worker asks every step, so a SIGTERM (a preemption) on any worker stops all of
-    them at the same step; the others report it as SIGTERM too.
+    them at the same step; the others report it as SIGTERM too. The decision is the agreed answer alone: a
+    signal that lands while the workers agree (its handler runs as soon as the collective returns) counts at
+    the next step, on every worker, instead of stopping only the signalled one.
     """
     if not distribute.is_multi_worker(run.strategy):
         return lambda: stop.signal
     any_worker = distribute.any_worker(run.strategy)
 
     def agreed():
-        anyone = any_worker(stop.signal is not None)  # every worker takes part, signalled or not
-        return stop.signal or ("SIGTERM" if anyone else None)
+        mine = stop.signal
+        anyone = any_worker(mine is not None)  # every worker takes part, signalled or not
+        return (mine or "SIGTERM") if anyone else None
 
     return agreed
 
