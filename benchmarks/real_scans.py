@@ -6,9 +6,11 @@ Each run is evaluated with evaluate.py, as a user would run it, on the three pai
 that the README's runs do not train on: SPM's avg152 T1/T2 templates (one volume pair, every axial slice
 with enough head in it), the IXI002 slice pair (a real scan) and the 43 BrainWeb slice pairs of the notebook's
 set. Its metrics go to <run>/eval_real/<set>/ (metrics.json, metrics.csv, examples.png). The table printed
-holds, per set and direction, the baselines (from the first run; the histogram baseline depends on the
-run's training data, so a run with other training data gets its own baseline rows) and each run's model
-row: SSIM and PSNR over the whole slice and inside the head mask (`--mask=auto`), mean over slices.
+holds, per set and direction, the baselines and each run's model row: SSIM and PSNR over the whole slice and
+inside the head mask (`--mask=auto`), mean over slices. The baselines are printed once per distinct value: the
+histogram baseline depends on the run's training slices, and a run's data flags select its test slices too
+(evaluate.py reads them; --min_foreground drops slices with little head), so a run with other data flags gets
+its own baseline rows, and every row names its slice count.
 """
 
 import json
@@ -49,6 +51,11 @@ def evaluate(logdir: str, name: str, test_a: str, test_b: str) -> dict:
         return json.load(f)
 
 
+def label(name: str, metrics: dict, direction: str) -> str:
+    """The set and its slice count for this run: a run's --min_foreground also selects its test slices."""
+    return f"{name} ({metrics[direction]['ssim']['n']})"
+
+
 def cells(row: dict) -> str:
     return " | ".join(f"{row[c]['mean']:.3f}" if c.startswith("ssim") else f"{row[c]['mean']:.2f}" for c in COLUMNS)
 
@@ -60,18 +67,18 @@ def main(argv):
     for name, (test_a, test_b) in SETS.items():
         results = [(run, evaluate(logdir, name, test_a, test_b)) for run, logdir in runs]
         for direction in ("t1_to_t2", "t2_to_t1"):
-            label = f"{name} ({results[0][1][direction]['ssim']['n']})"
             printed = []
             for run, metrics in results:
                 baselines = {key: metrics[key][direction] for key, _ in BASELINES}
                 if baselines not in printed:
-                    suffix = "" if not printed else f" ({run}'s training data)"
+                    suffix = "" if not printed else f" ({run}'s data flags)"
                     for key, title in BASELINES:
-                        print(f"| {label} | {direction} | {title}{suffix} | {cells(baselines[key])} |")
+                        print(f"| {label(name, metrics, direction)} | {direction} | {title}{suffix} | "
+                              f"{cells(baselines[key])} |")
                     printed.append(baselines)
             for run, metrics in results:
-                print(f"| {label} | {direction} | **model: {run}** (step {metrics['checkpoint_step']}) | "
-                      f"{cells(metrics[direction])} |")
+                print(f"| {label(name, metrics, direction)} | {direction} | **model: {run}** "
+                      f"(step {metrics['checkpoint_step']}) | {cells(metrics[direction])} |")
 
 
 if __name__ == "__main__":
