@@ -11,6 +11,10 @@ inside the head mask (`--mask=auto`), mean over slices. The baselines are printe
 histogram baseline depends on the run's training slices, and a run's data flags select its test slices too
 (evaluate.py reads them; --min_foreground drops slices with little head), so a run with other data flags gets
 its own baseline rows, and every row names its slice count.
+
+A second table measures the ventricles, which a bare intensity change gets wrong: on IXI002 (a real T1/T2 pair
+of one subject), the mean of each synthetic image in the CSF of the central half of the slice over its mean
+in white matter, both masks thresholded from the real pair. Real T2 is far above 1 and real T1 far below.
 """
 
 import json
@@ -18,9 +22,15 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 from absl import app, flags
+from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from data import preprocess, readers  # noqa: E402
+
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 
 flags.DEFINE_list("runs", None, "name:logdir pairs of trained runs to evaluate.", required=True)
@@ -42,10 +52,10 @@ COLUMNS = ("ssim", "ssim_fg", "psnr", "psnr_fg")
 def evaluate(logdir: str, name: str, test_a: str, test_b: str) -> dict:
     output = os.path.join(logdir, "eval_real", name.split()[0].lower())
     metrics = os.path.join(output, "metrics.json")
-    if not (FLAGS.reuse and os.path.exists(metrics)):
+    if not (FLAGS.reuse and os.path.exists(metrics) and os.path.isdir(os.path.join(output, "predictions"))):
         subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), f"--logdir={logdir}",
                         f"--test_a={os.path.join(FLAGS.data, test_a)}", f"--test_b={os.path.join(FLAGS.data, test_b)}",
-                        f"--output_dir={output}", "--metrics=ssim,psnr", "--mask=auto"],
+                        f"--output_dir={output}", "--metrics=ssim,psnr", "--mask=auto", "--save_predictions"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(metrics) as f:
         return json.load(f)
@@ -58,6 +68,39 @@ def label(name: str, metrics: dict, direction: str) -> str:
 
 def cells(row: dict) -> str:
     return " | ".join(f"{row[c]['mean']:.3f}" if c.startswith("ssim") else f"{row[c]['mean']:.2f}" for c in COLUMNS)
+
+
+def tissue_masks(t1: np.ndarray, t2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSF (bright in the real T2, dark in the real T1: the ventricles) and white matter (the reverse), in the
+    central half of the slice so that the CSF over the cortex and the scalp do not count."""
+    height, width = t1.shape
+    centre = np.zeros(t1.shape, bool)
+    centre[height // 4:3 * height // 4, width // 4:3 * width // 4] = True
+    return centre & (t2 > 0.6) & (t1 < 0.35), centre & (t1 > 0.6) & (t2 < 0.35)
+
+
+def csf_to_white_matter(image: np.ndarray, csf: np.ndarray, white_matter: np.ndarray) -> float:
+    return float(image[csf].mean() / image[white_matter].mean())
+
+
+def ventricle_table(runs: list[tuple[str, str]]) -> None:
+    """The ventricles' brightness on IXI002: mean CSF over mean white matter, from the predictions evaluate.py
+    saved. Real T2 is far above 1, real T1 far below; a synthetic T2 with dark ventricles is below 1."""
+    test_a, test_b = (os.path.join(FLAGS.data, path) for path in SETS["IXI002 slice 90"])
+    t1, t2 = (preprocess.normalize(readers.read_file(path)[0].data)[0] for path in (test_a, test_b))
+    csf, white_matter = tissue_masks(t1, t2)
+    print(f"\n| IXI002 slice 90: CSF / white matter ({csf.sum()} and {white_matter.sum()} pixels) | "
+          "synthetic T2 (real: {:.2f}) | synthetic T1 (real: {:.2f}) |".format(
+              csf_to_white_matter(t2, csf, white_matter), csf_to_white_matter(t1, csf, white_matter)))
+    print("|---|---|---|")
+    for run, logdir in runs:
+        predictions = os.path.join(logdir, "eval_real", "ixi002", "predictions")
+        ratios = []
+        for direction, source in (("t1_to_t2", test_a), ("t2_to_t1", test_b)):
+            path = os.path.join(predictions, direction, readers.file_stem(source) + ".png")
+            image = np.asarray(Image.open(path), np.float64) / 65535
+            ratios.append(csf_to_white_matter(image, csf, white_matter))
+        print(f"| **model: {run}** | {ratios[0]:.2f} | {ratios[1]:.2f} |")
 
 
 def main(argv):
@@ -79,6 +122,7 @@ def main(argv):
             for run, metrics in results:
                 print(f"| {label(name, metrics, direction)} | {direction} | **model: {run}** "
                       f"(step {metrics['checkpoint_step']}) | {cells(metrics[direction])} |")
+    ventricle_table(runs)
 
 
 if __name__ == "__main__":
