@@ -7,10 +7,10 @@ that the README's runs do not train on: SPM's avg152 T1/T2 templates (one volume
 with enough head in it), the IXI002 slice pair (a real scan) and the 43 BrainWeb slice pairs of the notebook's
 set. Its metrics go to <run>/eval_real/<set>/ (metrics.json, metrics.csv, examples.png). The table printed
 holds, per set and direction, the baselines and each run's model row: SSIM and PSNR over the whole slice and
-inside the head mask (`--mask=auto`), mean over slices. The baselines are printed once per distinct value: the
-histogram baseline depends on the run's training slices, and a run's data flags select its test slices too
-(evaluate.py reads them; --min_foreground drops slices with little head), so a run with other data flags gets
-its own baseline rows, and every row names its slice count.
+inside the head mask (`--mask=auto`), mean over slices. Every run is scored on the same test slices: the
+default --min_foreground (0.05) is given to evaluate.py, which would otherwise take the run's own (a run
+trained on slices with more head in them would be tested on fewer slices). The baselines are printed once per
+distinct value (the histogram baseline depends on a run's training data), and every row names its slice count.
 
 A second table measures the ventricles, which a bare intensity change gets wrong: on IXI002 (a real T1/T2 pair
 of one subject), the mean of each synthetic image in the CSF of the central half of the slice over its mean
@@ -47,6 +47,7 @@ SETS = {
 BASELINES = (("baseline_identity", "identity"), ("baseline_histogram", "histogram"),
              ("oracle_intensity_map", "oracle intensity map"))
 COLUMNS = ("ssim", "ssim_fg", "psnr", "psnr_fg")
+TEST_MIN_FOREGROUND = 0.05  # the flag's default: the same test slices for every run, whatever it trained on
 
 
 def evaluate(logdir: str, name: str, test_a: str, test_b: str) -> dict:
@@ -55,14 +56,15 @@ def evaluate(logdir: str, name: str, test_a: str, test_b: str) -> dict:
     if not (FLAGS.reuse and os.path.exists(metrics) and os.path.isdir(os.path.join(output, "predictions"))):
         subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), f"--logdir={logdir}",
                         f"--test_a={os.path.join(FLAGS.data, test_a)}", f"--test_b={os.path.join(FLAGS.data, test_b)}",
-                        f"--output_dir={output}", "--metrics=ssim,psnr", "--mask=auto", "--save_predictions"],
+                        f"--output_dir={output}", "--metrics=ssim,psnr", "--mask=auto", "--save_predictions",
+                        f"--min_foreground={TEST_MIN_FOREGROUND}"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(metrics) as f:
         return json.load(f)
 
 
 def label(name: str, metrics: dict, direction: str) -> str:
-    """The set and its slice count for this run: a run's --min_foreground also selects its test slices."""
+    """The set and its slice count in this run's evaluation."""
     return f"{name} ({metrics[direction]['ssim']['n']})"
 
 
