@@ -125,3 +125,12 @@ def test_optimizers_follow_the_global_step():
         optimizer = model.optimizers[name]
         assert int(optimizer.iterations) == 0
         assert float(optimizer.learning_rate) == pytest.approx(1e-4)
+
+
+def test_discriminators_learn_at_their_ratio_of_the_generators_rate_on_the_same_schedule():
+    model = CycleGAN(ModelConfig(pool_size=0, discriminator_lr_ratio=4.0), total_steps=100, decay_start=50, filters=4)
+    for step, generators in ((0, 2e-4), (75, 1e-4)):
+        model.step.assign(step)
+        rates = {name: float(model.optimizers[name].learning_rate) for name in NETWORKS}
+        assert rates == pytest.approx({"generator_g": generators, "generator_f": generators,
+                                       "discriminator_x": 4 * generators, "discriminator_y": 4 * generators})

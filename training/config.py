@@ -16,7 +16,10 @@ from rundir.config import option
 class ModelConfig:
     """The objective and its optimisation (the published defaults)."""
 
-    lr: float = option(2e-4, "Adam learning rate of all four networks.", lower=0.0)
+    lr: float = option(2e-4, "Adam learning rate of the generators (before the decay).", lower=0.0)
+    discriminator_lr_ratio: float = option(
+        1.0, "The discriminators' Adam learning rate as a multiple of --lr, on the same schedule (above 1: the "
+        "discriminators learn faster than the generators, the two time-scale update rule).", lower=0.0)
     beta_1: float = option(0.5, "Adam beta_1.", lower=0.0, upper=1.0)
     lambda_cycle: float = option(10.0, "Weight of the cycle-consistency L1 loss.", lower=0.0)
     lambda_identity: float = option(0.5, "Identity L1 weight, as a fraction of lambda_cycle (0 disables).", lower=0.0)

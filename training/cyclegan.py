@@ -36,7 +36,7 @@ class CycleGAN(tf.Module):
         self.discriminator_x = build_discriminator("discriminator_x", filters)  # judges T1
         self.discriminator_y = build_discriminator("discriminator_y", filters)  # judges T2
         self.schedule = LinearDecay(config.lr, total_steps, decay_start)
-        self.optimizers = {name: self._optimizer() for name in NETWORKS}
+        self.optimizers = {name: self._optimizer(name) for name in NETWORKS}
         for name in NETWORKS:  # build now so that a restore fills the slots instead of deferring
             self.optimizers[name].build(self.network(name).trainable_variables)
         self.pool_a = ImagePool(config.pool_size, seed=seed, name="pool_a")  # fake T1 images
@@ -50,10 +50,12 @@ class CycleGAN(tf.Module):
     def network(self, name: str) -> keras.Model:
         return getattr(self, name)
 
-    def _optimizer(self):
+    def _optimizer(self, name: str):
         # The rate is read from the global step, not the optimizer's own counter: a float16 loss-scale
         # optimizer skips overflowing steps without counting them, which would shift its curve.
-        optimizer = keras.optimizers.Adam(learning_rate=self.learning_rate, beta_1=self.config.beta_1)
+        ratio = self.config.discriminator_lr_ratio if name.startswith("discriminator") else 1.0
+        optimizer = keras.optimizers.Adam(learning_rate=lambda: self.learning_rate() * ratio,
+                                          beta_1=self.config.beta_1)
         if self.config.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer
@@ -97,6 +99,7 @@ class CycleGAN(tf.Module):
         )
 
     def learning_rate(self) -> tf.Tensor:
+        """The generators' rate at the current step (the discriminators' is discriminator_lr_ratio times it)."""
         return self.schedule(self.step)
 
     def _apply(self, tape, network_losses: dict[str, tf.Tensor], name: str):
