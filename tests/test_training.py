@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from data import masks
 from training.config import ModelConfig
 from training.cyclegan import NETWORKS, CycleGAN
 from training.pool import ImagePool
@@ -114,6 +115,30 @@ def test_one_step_changes_weights(xla):
     assert int(model.step) == 1
     assert int(model.pool_a.count) == 1 and int(model.pool_b.count) == 1
     assert all(int(model.optimizers[name].iterations) == 1 for name in NETWORKS)
+
+
+def head_with_a_dark_ventricle(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A [256, 256] unit phantom (air 0, a textured head, and inside it a ventricle at 0 that touches nothing)
+    and its head."""
+    rows, columns = np.mgrid[:256, :256]
+    head = ((rows - 128) / 100) ** 2 + ((columns - 128) / 80) ** 2 < 1
+    unit = np.where(head, np.random.default_rng(seed).uniform(0.3, 0.9, (256, 256)), 0.0)
+    unit[(np.abs(rows - 128) < 12) & (np.abs(columns - 128) < 6)] = 0.0
+    return unit.astype(np.float32), head
+
+
+@pytest.mark.parametrize("train_air_mask", [True, False])
+def test_train_air_mask_sets_the_fakes_the_discriminators_see_to_air_exactly_where_the_source_is_air(train_air_mask):
+    model = CycleGAN(ModelConfig(pool_size=1, train_air_mask=train_air_mask), total_steps=10, decay_start=5,
+                     filters=4)
+    (unit_a, head_a), (unit_b, head_b) = head_with_a_dark_ventricle(1), head_with_a_dark_ventricle(2)
+    model.train_step(tf.constant(unit_a * 2 - 1)[None, ..., None], tf.constant(unit_b * 2 - 1)[None, ..., None])
+    for pool, unit, head in ((model.pool_b, unit_a, head_a), (model.pool_a, unit_b, head_b)):  # G(a) and F(b)
+        fake = pool.images[0, ..., 0].numpy()
+        air = masks.air_mask(unit)  # the NumPy rule of inference, an independent reference for the graph's
+        assert np.array_equal(air, ~head)  # the phantom's air, and not its ventricle
+        assert np.all(fake[air] == -1.0) == train_air_mask
+        assert np.mean(fake[~air] == -1.0) < 0.01  # the head, dark ventricle included, is the network's
 
 
 def test_optimizers_follow_the_global_step():

@@ -23,6 +23,10 @@ class ModelConfig:
     beta_1: float = option(0.5, "Adam beta_1.", lower=0.0, upper=1.0)
     lambda_cycle: float = option(10.0, "Weight of the cycle-consistency L1 loss.", lower=0.0)
     lambda_identity: float = option(0.5, "Identity L1 weight, as a fraction of lambda_cycle (0 disables).", lower=0.0)
+    train_air_mask: bool = option(
+        False, "Zero the generators' outputs where their source is air in training too, as translate.py, evaluate.py "
+        "and exports do by default (the border-connected background), so that every loss judges the head only and a "
+        "generator need not keep dark tissue dark to keep the air dark.")
     gan_loss: str = option("lsgan", "Adversarial loss: least squares or binary cross-entropy with logits.",
                            choices=("lsgan", "bce"))
     pool_size: int = option(50, "Image-history pool size per domain (0 disables).", lower=0, structural=True)

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 import losses
 from models.networks import build_discriminator, build_generator
+from models.serving import air_mask
 from training.config import ModelConfig
 from training.pool import ImagePool
 from training.schedule import LinearDecay
@@ -15,6 +16,12 @@ from training.schedule import LinearDecay
 keras = tf.keras
 
 NETWORKS = ("generator_g", "generator_f", "discriminator_x", "discriminator_y")
+
+
+def network_air(images: tf.Tensor) -> tf.Tensor:
+    """[batch, H, W, 1] images in [-1, 1] -> their air masks (bool, same shape), the rule of inference."""
+    unit = (images[..., 0] + 1.0) / 2.0
+    return tf.map_fn(air_mask, unit, fn_output_signature=tf.bool)[..., tf.newaxis]
 
 
 class CycleGAN(tf.Module):
@@ -124,11 +131,18 @@ class CycleGAN(tf.Module):
 
         f32 = lambda t: tf.cast(t, tf.float32)  # noqa: E731 - mixed-precision outputs to loss precision
         real_a, real_b = f32(real_a), f32(real_b)
+        air_a, air_b = (network_air(real) if config.train_air_mask else None for real in (real_a, real_b))
+
+        def translate(generator, images, air):
+            """The generator's output, -1 (unit 0) in the source's air with --train_air_mask, as at inference."""
+            output = f32(generator(images, training=True))
+            return output if air is None else tf.where(air, -1.0, output)
+
         with tf.GradientTape(persistent=True) as tape:
-            fake_b = f32(self.generator_g(real_a, training=True))
-            cycled_a = f32(self.generator_f(fake_b, training=True))
-            fake_a = f32(self.generator_f(real_b, training=True))
-            cycled_b = f32(self.generator_g(fake_a, training=True))
+            fake_b = translate(self.generator_g, real_a, air_a)
+            cycled_a = translate(self.generator_f, fake_b, air_a)
+            fake_a = translate(self.generator_f, real_b, air_b)
+            cycled_b = translate(self.generator_g, fake_a, air_b)
             out = {
                 "g/adversarial": average(losses.generator_adversarial(
                     f32(self.discriminator_y(fake_b, training=True)), config.gan_loss
@@ -140,8 +154,8 @@ class CycleGAN(tf.Module):
                 "cycle/b_to_a_to_b": average(losses.cycle(real_b, cycled_b, config.lambda_cycle)),
             }
             if config.lambda_identity > 0:
-                same_b = f32(self.generator_g(real_b, training=True))
-                same_a = f32(self.generator_f(real_a, training=True))
+                same_b = translate(self.generator_g, real_b, air_b)
+                same_a = translate(self.generator_f, real_a, air_a)
                 out["g/identity"] = average(losses.identity(real_b, same_b, config.lambda_cycle,
                                                             config.lambda_identity))
                 out["f/identity"] = average(losses.identity(real_a, same_a, config.lambda_cycle,

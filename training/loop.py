@@ -27,7 +27,7 @@ from rundir import flagfile
 from training import distribute, summaries
 from training.checkpoints import CheckpointError, Checkpointer
 from training.config import RESUMABLE_FLAGS, STRUCTURAL_FLAGS, TrainConfig
-from training.cyclegan import NETWORKS, CycleGAN
+from training.cyclegan import NETWORKS, CycleGAN, network_air
 
 DESIGN_FILTERS = 64  # the published networks' first-level width: TOTAL_PARAMS parameters
 
@@ -277,7 +277,7 @@ def write_run_description(writer, config: TrainConfig, param_counts: dict[str, i
 
 
 def write_images(writer, model: CycleGAN, samples: list, step: int) -> None:
-    """Input | translated | reconstructed grids of the fixed samples, both directions."""
+    """Input | translated | reconstructed grids of the fixed samples, both directions (air-masked as trained)."""
     if not samples:
         return
     for name, direction in DIRECTIONS.items():
@@ -285,8 +285,9 @@ def write_images(writer, model: CycleGAN, samples: list, step: int) -> None:
         images = preprocess.to_network(sources)[..., None]
         forward = model.network(direction.generator)
         back = model.network(DIRECTIONS[direction.reverse].generator)
+        air = network_air(images) if model.config.train_air_mask else None
         with writer.as_default(step=step):
-            tf.summary.image(name, summaries.translation_grid(forward, back, images))
+            tf.summary.image(name, summaries.translation_grid(forward, back, images, air))
 
 
 def write_scalars(writer, step: int, step_losses: dict[str, float], lr: float, steps_per_second: float) -> None:
