@@ -522,3 +522,11 @@ def test_data_larger_than_half_the_memory_is_refused_before_decoding(monkeypatch
     monkeypatch.setattr(cache, "available_memory_bytes", lambda: 1_000_000)
     with pytest.raises(loop.TrainingError, match="more than half of the 0.0 GB available; pass --cache_dir=DIR"):
         loop.load_data(tiny_config())
+
+
+def test_summary_samples_spread_through_the_slices_not_the_first_few():
+    assert loop.spread(3, 118) == [29, 58, 88]  # a quarter, half and three quarters into a volume's 118 slices
+    assert loop.spread(1, 9) == [4]
+    assert loop.spread(3, 2) == [0, 1]  # fewer slices than samples: each once
+    assert loop.spread(0, 5) == [] and loop.spread(3, 0) == []
+    assert loop.spread_out(list("abcdefghi"), 1) == ["e"]

@@ -133,6 +133,16 @@ class TrainingData:
     samples: list  # (T1, T2) slices shown in TensorBoard each epoch
 
 
+def spread(count: int, length: int) -> list[int]:
+    """Up to `count` indices spread evenly through `length` slices: a volume's middle shows its anatomy (the
+    ventricles), its first slices only the cerebellum or the skull cap."""
+    return sorted({int(i) for i in np.rint(np.linspace(0, length - 1, count + 2)[1:-1])}) if count and length else []
+
+
+def spread_out(items: list, count: int) -> list:
+    return [items[i] for i in spread(count, len(items))]
+
+
 def load_data(config: TrainConfig) -> TrainingData:
     """The training slices of both domains, and the fixed summary samples (test pairs when there are any)."""
     spec, count = config.data, config.run.summary_images
@@ -140,16 +150,16 @@ def load_data(config: TrainConfig) -> TrainingData:
         if spec.cache_dir:
             slices_a, slices_b, _ = cache.build_or_open(spec, spec.cache_dir)
             fallback_samples = lambda: [(slices_a.slice(i), slices_b.slice(i))  # noqa: E731
-                                        for i in range(min(count, len(slices_a), len(slices_b)))]
+                                        for i in spread(count, min(len(slices_a), len(slices_b)))]
         else:
             refusal = cache.memory_refusal(spec)
             if refusal:
                 raise TrainingError(refusal)
             train_a, train_b = datasets.training_slices(spec)
             slices_a, slices_b = datasets.stack(train_a), datasets.stack(train_b)
-            fallback_samples = lambda: list(zip(train_a, train_b))[:count]  # noqa: E731
+            fallback_samples = lambda: spread_out(list(zip(train_a, train_b)), count)  # noqa: E731
         try:
-            samples = datasets.test_pairs(spec)[:count]
+            samples = spread_out(datasets.test_pairs(spec), count)
         except (ValueError, readers.BadFileError):
             samples = fallback_samples()
     except (ValueError, readers.BadFileError, cache.CacheError, OSError) as error:
