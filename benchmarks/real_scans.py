@@ -12,9 +12,11 @@ default --min_foreground (0.05) is given to evaluate.py, which would otherwise t
 trained on slices with more head in them would be tested on fewer slices). The baselines are printed once per
 distinct value (the histogram baseline depends on a run's training data), and every row names its slice count.
 
-A second table measures the ventricles, which a bare intensity change gets wrong: on IXI002 (a real T1/T2 pair
-of one subject), the mean of each synthetic image in the CSF of the central half of the slice over its mean
-in white matter, both masks thresholded from the real pair. Real T2 is far above 1 and real T1 far below.
+A second table measures the ventricles, which a bare intensity change gets wrong: the mean of each synthetic
+image in the CSF of the central half of the slice over its mean in white matter, both masks thresholded from
+the real pair. Real T2 is far above 1 and real T1 far below. It is measured on IXI002 (a real T1/T2 pair the
+runs did not see) and on the middle slices of the BraTS case the README's runs train on (a model that gets
+them wrong there has not learned the contrast even where it trained).
 """
 
 import json
@@ -43,6 +45,13 @@ SETS = {
     "IXI002 slice 90": ("ixi002-slice90/IXI002-Guys-0828-T1_slice90.nii.gz",
                         "ixi002-slice90/IXI002-Guys-0828-T2_slice90.nii.gz"),
     "BrainWeb (notebook set)": ("mri-t1t2-slices/Tr1/TrainT1", "mri-t1t2-slices/Tr2/TrainT2"),
+}
+TRAINING_CASE = ("brats/BraTS-GLI-00001-000/BraTS-GLI-00001-000-t1n.nii.gz",
+                 "brats/BraTS-GLI-00001-000/BraTS-GLI-00001-000-t2w.nii.gz")
+# The ventricle table's pairs: name -> (T1, T2 paths; the slices measured, pooled).
+VENTRICLE_SETS = {
+    "IXI002 slice 90": (SETS["IXI002 slice 90"], (0,)),
+    "BraTS training case, slices 60-100": (TRAINING_CASE, range(60, 101, 5)),
 }
 BASELINES = (("baseline_identity", "identity"), ("baseline_histogram", "histogram"),
              ("oracle_intensity_map", "oracle intensity map"))
@@ -74,10 +83,10 @@ def cells(row: dict) -> str:
 
 def tissue_masks(t1: np.ndarray, t2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """CSF (bright in the real T2, dark in the real T1: the ventricles) and white matter (the reverse), in the
-    central half of the slice so that the CSF over the cortex and the scalp do not count."""
-    height, width = t1.shape
+    central half of each [..., H, W] slice so that the CSF over the cortex and the scalp do not count."""
+    height, width = t1.shape[-2:]
     centre = np.zeros(t1.shape, bool)
-    centre[height // 4:3 * height // 4, width // 4:3 * width // 4] = True
+    centre[..., height // 4:3 * height // 4, width // 4:3 * width // 4] = True
     return centre & (t2 > 0.6) & (t1 < 0.35), centre & (t1 > 0.6) & (t2 < 0.35)
 
 
@@ -85,24 +94,37 @@ def csf_to_white_matter(image: np.ndarray, csf: np.ndarray, white_matter: np.nda
     return float(image[csf].mean() / image[white_matter].mean())
 
 
+def prediction_name(source: str, index: int, slices: int) -> str:
+    """evaluation/report.py's file name of a prediction (a volume gives several test slices)."""
+    return readers.file_stem(source) + (f"_slice{index}" if slices > 1 or index else "") + ".png"
+
+
 def ventricle_table(runs: list[tuple[str, str]]) -> None:
-    """The ventricles' brightness on IXI002: mean CSF over mean white matter, from the predictions evaluate.py
-    saved. Real T2 is far above 1, real T1 far below; a synthetic T2 with dark ventricles is below 1."""
-    test_a, test_b = (os.path.join(FLAGS.data, path) for path in SETS["IXI002 slice 90"])
-    t1, t2 = (preprocess.normalize(readers.read_file(path)[0].data)[0] for path in (test_a, test_b))
-    csf, white_matter = tissue_masks(t1, t2)
-    print(f"\n| IXI002 slice 90: CSF / white matter ({csf.sum()} and {white_matter.sum()} pixels) | "
-          "synthetic T2 (real: {:.2f}) | synthetic T1 (real: {:.2f}) |".format(
-              csf_to_white_matter(t2, csf, white_matter), csf_to_white_matter(t1, csf, white_matter)))
-    print("|---|---|---|")
-    for run, logdir in runs:
-        predictions = os.path.join(logdir, "eval_real", "ixi002", "predictions")
-        ratios = []
-        for direction, source in (("t1_to_t2", test_a), ("t2_to_t1", test_b)):
-            path = os.path.join(predictions, direction, readers.file_stem(source) + ".png")
-            image = np.asarray(Image.open(path), np.float64) / 65535
-            ratios.append(csf_to_white_matter(image, csf, white_matter))
-        print(f"| **model: {run}** | {ratios[0]:.2f} | {ratios[1]:.2f} |")
+    """The ventricles' brightness: mean CSF over mean white matter, from the predictions evaluate.py saved
+    (pooled over the slices measured). Real T2 is far above 1, real T1 far below; a synthetic T2 with dark
+    ventricles is below 1."""
+    header, rows = ["| CSF / white matter"], {"real (the targets)": [], "source (identity)": []}
+    rows.update({f"**model: {run}**": [] for run, _ in runs})
+    for name, ((path_a, path_b), indices) in VENTRICLE_SETS.items():
+        test_a, test_b = (os.path.join(FLAGS.data, path) for path in (path_a, path_b))
+        volumes = [preprocess.normalize(readers.read_file(path)[0].data) for path in (test_a, test_b)]
+        t1, t2 = (volume[list(indices)] for volume in volumes)
+        csf, white_matter = tissue_masks(t1, t2)
+        header.append(f"{name} ({csf.sum()} and {white_matter.sum()} pixels): synthetic T2 | synthetic T1")
+        rows["real (the targets)"] += [csf_to_white_matter(t2, csf, white_matter),
+                                       csf_to_white_matter(t1, csf, white_matter)]
+        rows["source (identity)"] += [csf_to_white_matter(t1, csf, white_matter),
+                                      csf_to_white_matter(t2, csf, white_matter)]
+        for run, logdir in runs:
+            folder = os.path.join(logdir, "eval_real", name.split()[0].lower(), "predictions")
+            for direction, source in (("t1_to_t2", test_a), ("t2_to_t1", test_b)):
+                images = np.stack([np.asarray(Image.open(os.path.join(folder, direction, prediction_name(
+                    source, index, len(volumes[0])))), np.float64) / 65535 for index in indices])
+                rows[f"**model: {run}**"].append(csf_to_white_matter(images, csf, white_matter))
+    print("\n" + " | ".join(header) + " |")
+    print("|---" * (2 * len(VENTRICLE_SETS) + 1) + "|")
+    for row, ratios in rows.items():
+        print(f"| {row} | " + " | ".join(f"{ratio:.2f}" for ratio in ratios) + " |")
 
 
 def main(argv):
@@ -124,6 +146,8 @@ def main(argv):
             for run, metrics in results:
                 print(f"| {label(name, metrics, direction)} | {direction} | **model: {run}** "
                       f"(step {metrics['checkpoint_step']}) | {cells(metrics[direction])} |")
+    for _, logdir in runs:  # the training case is evaluated for the ventricle table only, not scored
+        evaluate(logdir, "BraTS training case", *TRAINING_CASE)
     ventricle_table(runs)
 
 
