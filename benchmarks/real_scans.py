@@ -1,11 +1,13 @@
 """The README's real-data table: trained runs evaluated on the paired real scans of the shared data folder.
 
   python benchmarks/real_scans.py --runs=defaults:/tmp/runs/brats_defaults,tuned:/tmp/runs/brats_tuned
+  python benchmarks/real_scans.py --runs=step1200:/tmp/runs/long:/tmp/runs/long/weights/ckpt-1200   # a snapshot
 
 Each run is evaluated with evaluate.py, as a user would run it, on the three paired sets of ../shared/data
 that the README's runs do not train on: SPM's avg152 T1/T2 templates (one volume pair, every axial slice
 with enough head in it), the IXI002 slice pair (a real scan) and the 43 BrainWeb slice pairs of the notebook's
-set. Its metrics go to <run>/eval_real/<set>/ (metrics.json, metrics.csv, examples.png). The table printed
+set. Its metrics go to <run>/eval_real/<set>/ (metrics.json, metrics.csv, examples.png), or to
+<run>/eval_real/<checkpoint name>/<set>/ for a checkpoint named after the logdir (evaluate.py --checkpoint). The table printed
 holds, per set and direction, the baselines and each run's model row: SSIM and PSNR over the whole slice and
 inside the head mask (`--mask=auto`), mean over slices. Every run is scored on the same test slices: the
 default --min_foreground (0.05) is given to evaluate.py, which would otherwise take the run's own (a run
@@ -19,6 +21,7 @@ runs did not see) and on the middle slices of the BraTS case the README's runs t
 them wrong there has not learned the contrast even where it trained).
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -35,7 +38,9 @@ from data import preprocess, readers  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 
-flags.DEFINE_list("runs", None, "name:logdir pairs of trained runs to evaluate.", required=True)
+flags.DEFINE_list("runs", None, "name:logdir pairs of trained runs to evaluate (its newest checkpoint), or "
+                  "name:logdir:checkpoint for another checkpoint of the run, such as a weights snapshot.",
+                  required=True)
 flags.DEFINE_string("data", SHARED, "The shared data folder.")
 flags.DEFINE_bool("reuse", False, "Use a run's existing metrics.json instead of evaluating again.")
 FLAGS = flags.FLAGS
@@ -59,11 +64,28 @@ COLUMNS = ("ssim", "ssim_fg", "psnr", "psnr_fg")
 TEST_MIN_FOREGROUND = 0.05  # the flag's default: the same test slices for every run, whatever it trained on
 
 
-def evaluate(logdir: str, name: str, test_a: str, test_b: str) -> dict:
-    output = os.path.join(logdir, "eval_real", name.split()[0].lower())
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str
+    logdir: str
+    checkpoint: str | None = None  # None: the newest in logdir
+
+    @classmethod
+    def parse(cls, entry: str) -> "Run":
+        return cls(*entry.split(":", 2))
+
+    def output(self, set_name: str) -> str:
+        """Where evaluate.py writes this run's results on a set."""
+        snapshot = () if self.checkpoint is None else (os.path.basename(self.checkpoint),)
+        return os.path.join(self.logdir, "eval_real", *snapshot, set_name.split()[0].lower())
+
+
+def evaluate(run: Run, name: str, test_a: str, test_b: str) -> dict:
+    output = run.output(name)
     metrics = os.path.join(output, "metrics.json")
+    checkpoint = [] if run.checkpoint is None else [f"--checkpoint={run.checkpoint}"]
     if not (FLAGS.reuse and os.path.exists(metrics) and os.path.isdir(os.path.join(output, "predictions"))):
-        subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), f"--logdir={logdir}",
+        subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), f"--logdir={run.logdir}", *checkpoint,
                         f"--test_a={os.path.join(FLAGS.data, test_a)}", f"--test_b={os.path.join(FLAGS.data, test_b)}",
                         f"--output_dir={output}", "--metrics=ssim,psnr", "--mask=auto", "--save_predictions",
                         f"--min_foreground={TEST_MIN_FOREGROUND}"],
@@ -99,12 +121,12 @@ def prediction_name(source: str, index: int, slices: int) -> str:
     return readers.file_stem(source) + (f"_slice{index}" if slices > 1 or index else "") + ".png"
 
 
-def ventricle_table(runs: list[tuple[str, str]]) -> None:
+def ventricle_table(runs: list[Run]) -> None:
     """The ventricles' brightness: mean CSF over mean white matter, from the predictions evaluate.py saved
     (pooled over the slices measured). Real T2 is far above 1, real T1 far below; a synthetic T2 with dark
     ventricles is below 1."""
     header, rows = ["| CSF / white matter"], {"real (the targets)": [], "source (identity)": []}
-    rows.update({f"**model: {run}**": [] for run, _ in runs})
+    rows.update({f"**model: {run.name}**": [] for run in runs})
     for name, ((path_a, path_b), indices) in VENTRICLE_SETS.items():
         test_a, test_b = (os.path.join(FLAGS.data, path) for path in (path_a, path_b))
         volumes = [preprocess.normalize(readers.read_file(path)[0].data) for path in (test_a, test_b)]
@@ -115,12 +137,12 @@ def ventricle_table(runs: list[tuple[str, str]]) -> None:
                                        csf_to_white_matter(t1, csf, white_matter)]
         rows["source (identity)"] += [csf_to_white_matter(t1, csf, white_matter),
                                       csf_to_white_matter(t2, csf, white_matter)]
-        for run, logdir in runs:
-            folder = os.path.join(logdir, "eval_real", name.split()[0].lower(), "predictions")
+        for run in runs:
+            folder = os.path.join(run.output(name), "predictions")
             for direction, source in (("t1_to_t2", test_a), ("t2_to_t1", test_b)):
                 images = np.stack([np.asarray(Image.open(os.path.join(folder, direction, prediction_name(
                     source, index, len(volumes[0])))), np.float64) / 65535 for index in indices])
-                rows[f"**model: {run}**"].append(csf_to_white_matter(images, csf, white_matter))
+                rows[f"**model: {run.name}**"].append(csf_to_white_matter(images, csf, white_matter))
     print("\n" + " | ".join(header) + " |")
     print("|---" * (2 * len(VENTRICLE_SETS) + 1) + "|")
     for row, ratios in rows.items():
@@ -128,11 +150,11 @@ def ventricle_table(runs: list[tuple[str, str]]) -> None:
 
 
 def main(argv):
-    runs = [entry.split(":", 1) for entry in FLAGS.runs]
+    runs = [Run.parse(entry) for entry in FLAGS.runs]
     print("| set (slices) | direction | row | SSIM | SSIM head | PSNR dB | PSNR head dB |")
     print("|---|---|---|---|---|---|---|")
     for name, (test_a, test_b) in SETS.items():
-        results = [(run, evaluate(logdir, name, test_a, test_b)) for run, logdir in runs]
+        results = [(run.name, evaluate(run, name, test_a, test_b)) for run in runs]
         for direction in ("t1_to_t2", "t2_to_t1"):
             printed = []
             for run, metrics in results:
@@ -146,8 +168,8 @@ def main(argv):
             for run, metrics in results:
                 print(f"| {label(name, metrics, direction)} | {direction} | **model: {run}** "
                       f"(step {metrics['checkpoint_step']}) | {cells(metrics[direction])} |")
-    for _, logdir in runs:  # the training case is evaluated for the ventricle table only, not scored
-        evaluate(logdir, "BraTS training case", *TRAINING_CASE)
+    for run in runs:  # the training case is evaluated for the ventricle table only, not scored
+        evaluate(run, "BraTS training case", *TRAINING_CASE)
     ventricle_table(runs)
 
 
