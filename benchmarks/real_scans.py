@@ -7,9 +7,9 @@ Each run is evaluated with evaluate.py, as a user would run it, on the three pai
 that the README's runs do not train on: SPM's avg152 T1/T2 templates (one volume pair, every axial slice
 with enough head in it), the IXI002 slice pair (a real scan) and the 43 BrainWeb slice pairs of the notebook's
 set. Its metrics go to <run>/eval_real/<set>/ (metrics.json, metrics.csv, examples.png), or to
-<run>/eval_real/<checkpoint name>/<set>/ for a checkpoint named after the logdir (evaluate.py --checkpoint). The table printed
-holds, per set and direction, the baselines and each run's model row: SSIM and PSNR over the whole slice and
-inside the head mask (`--mask=auto`), mean over slices. Every run is scored on the same test slices: the
+<run>/eval_real/<checkpoint name>/<set>/ for a checkpoint named after the logdir (evaluate.py --checkpoint).
+The table printed holds, per set and direction, the baselines and each run's model row: SSIM and PSNR
+over the whole slice and inside the head mask (`--mask=auto`), mean over slices. Every run is scored on the same test slices: the
 default --min_foreground (0.05) is given to evaluate.py, which would otherwise take the run's own (a run
 trained on slices with more head in them would be tested on fewer slices). The baselines are printed once per
 distinct value (the histogram baseline depends on a run's training data), and every row names its slice count.
@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 from absl import app, flags
@@ -35,6 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from data import preprocess, readers  # noqa: E402
+from evaluation import report  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 
@@ -116,11 +118,6 @@ def csf_to_white_matter(image: np.ndarray, csf: np.ndarray, white_matter: np.nda
     return float(image[csf].mean() / image[white_matter].mean())
 
 
-def prediction_name(source: str, index: int, slices: int) -> str:
-    """evaluation/report.py's file name of a prediction (a volume gives several test slices)."""
-    return readers.file_stem(source) + (f"_slice{index}" if slices > 1 or index else "") + ".png"
-
-
 def ventricle_table(runs: list[Run]) -> None:
     """The ventricles' brightness: mean CSF over mean white matter, from the predictions evaluate.py saved
     (pooled over the slices measured). Real T2 is far above 1, real T1 far below; a synthetic T2 with dark
@@ -140,8 +137,10 @@ def ventricle_table(runs: list[Run]) -> None:
         for run in runs:
             folder = os.path.join(run.output(name), "predictions")
             for direction, source in (("t1_to_t2", test_a), ("t2_to_t1", test_b)):
-                images = np.stack([np.asarray(Image.open(os.path.join(folder, direction, prediction_name(
-                    source, index, len(volumes[0])))), np.float64) / 65535 for index in indices])
+                names = report.prediction_file_names([types.SimpleNamespace(source=source, index=index)
+                                                      for index in indices])
+                images = np.stack([np.asarray(Image.open(os.path.join(folder, direction, name)), np.float64) / 65535
+                                   for name in names])
                 rows[f"**model: {run.name}**"].append(csf_to_white_matter(images, csf, white_matter))
     print("\n" + " | ".join(header) + " |")
     print("|---" * (2 * len(VENTRICLE_SETS) + 1) + "|")

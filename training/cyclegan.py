@@ -24,6 +24,11 @@ def network_air(images: tf.Tensor) -> tf.Tensor:
     return tf.map_fn(air_mask, unit, fn_output_signature=tf.bool)[..., tf.newaxis]
 
 
+def zero_air(outputs: tf.Tensor, air: tf.Tensor | None) -> tf.Tensor:
+    """Outputs in [-1, 1] set to -1 (unit 0) in the sources' air; unchanged without a mask."""
+    return outputs if air is None else tf.where(air, -1.0, outputs)
+
+
 class CycleGAN(tf.Module):
     """Everything a checkpoint must hold to resume a run exactly where it stopped.
 
@@ -135,8 +140,7 @@ class CycleGAN(tf.Module):
 
         def translate(generator, images, air):
             """The generator's output, -1 (unit 0) in the source's air with --train_air_mask, as at inference."""
-            output = f32(generator(images, training=True))
-            return output if air is None else tf.where(air, -1.0, output)
+            return zero_air(f32(generator(images, training=True)), air)
 
         with tf.GradientTape(persistent=True) as tape:
             fake_b = translate(self.generator_g, real_a, air_a)
