@@ -9,8 +9,8 @@ with enough head in it), the IXI002 slice pair (a real scan) and the 43 BrainWeb
 set. Its metrics go to <run>/eval_real/<set>/ (metrics.json, metrics.csv, examples.png), or to
 <run>/eval_real/<checkpoint name>/<set>/ for a checkpoint named after the logdir (evaluate.py --checkpoint).
 The table printed holds, per set and direction, the baselines and each run's model row: SSIM and PSNR
-over the whole slice and inside the head mask (`--mask=auto`), mean over slices. Every run is scored on the same test slices: the
-default --min_foreground (0.05) is given to evaluate.py, which would otherwise take the run's own (a run
+over the whole slice and inside the head mask (`--mask=auto`), mean over slices. Every run is scored on the
+same test slices: the default --min_foreground (0.05) is given to evaluate.py, which would otherwise take the run's own (a run
 trained on slices with more head in them would be tested on fewer slices). The baselines are printed once per
 distinct value (the histogram baseline depends on a run's training data), and every row names its slice count.
 
