@@ -8,11 +8,12 @@ that the README's runs do not train on: SPM's avg152 T1/T2 templates (one volume
 with enough head in it), the IXI002 slice pair (a real scan) and the 43 BrainWeb slice pairs of the notebook's
 set. Its metrics go to <run>/eval_real/<set>/ (metrics.json, metrics.csv, examples.png), or to
 <run>/eval_real/<checkpoint name>/<set>/ for a checkpoint named after the logdir (evaluate.py --checkpoint).
-The table printed holds, per set and direction, the baselines and each run's model row: SSIM and PSNR
-over the whole slice and inside the head mask (`--mask=auto`), mean over slices. Every run is scored on the
-same test slices: the default --min_foreground (0.05) is given to evaluate.py, which would otherwise take the run's own (a run
-trained on slices with more head in them would be tested on fewer slices). The baselines are printed once per
-distinct value (the histogram baseline depends on a run's training data), and every row names its slice count.
+The table printed holds, per set and direction, the baselines and each run's model row: SSIM and PSNR over the
+whole slice and inside the head mask (`--mask=auto`), mean over slices. Every run is scored on the same test
+slices: the default --min_foreground (0.05) is given to evaluate.py, which would otherwise take the run's own
+(a run trained on slices with more head in them would be tested on fewer slices). The baselines are printed
+once per distinct value (the histogram baseline depends on a run's training data), and every row names its
+slice count.
 
 A second table measures the ventricles, which a bare intensity change gets wrong: the mean of each synthetic
 image in the CSF of the central half of the slice over its mean in white matter, both masks thresholded from
