@@ -93,8 +93,10 @@ def stop_with_sigterm_after(monkeypatch, stop_step: int):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """The reference run of TINY's 6 steps. It also asks for a save every 3 steps and a profile of steps 2-3, which
+    change none of its state, so that the tests of those flags read it instead of training runs of their own."""
     logdir = tmp_path_factory.mktemp("uninterrupted")
-    assert train(logdir) == 6
+    assert train(logdir, save_every_steps=3, profile_steps="2,3") == 6
     return logdir
 
 
@@ -175,10 +177,9 @@ def test_generator_total_is_the_sum_of_its_terms(uninterrupted):
 
 
 @pytest.mark.slow
-def test_save_every_steps_that_divides_the_epoch_saves_each_step_once(tmp_path):
-    train(tmp_path, save_every_steps=3)
-    assert saved_steps(tmp_path) == [3, 6]
-    assert save_count(tmp_path) == 2  # not 4: the epoch-end save of a step just saved is skipped
+def test_save_every_steps_that_divides_the_epoch_saves_each_step_once(uninterrupted):
+    assert saved_steps(uninterrupted) == [3, 6]
+    assert save_count(uninterrupted) == 2  # not 4: the epoch-end save of a step just saved is skipped
 
 
 @pytest.mark.slow
@@ -493,9 +494,8 @@ def test_a_batch_that_does_not_divide_over_the_replicas_is_a_one_line_error():
 
 
 @pytest.mark.slow
-def test_profile_steps_writes_a_trace_tensorboard_shows(tmp_path):
-    train(tmp_path, epochs=1, profile_steps="2,3")
-    traces = [os.path.join(root, name) for root, _, names in os.walk(tmp_path / "plugins" / "profile")
+def test_profile_steps_writes_a_trace_tensorboard_shows(uninterrupted):
+    traces = [os.path.join(root, name) for root, _, names in os.walk(uninterrupted / "plugins" / "profile")
               for name in names if name.endswith(".xplane.pb")]
     assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
 
