@@ -38,6 +38,8 @@ sys.path.insert(0, REPO)
 
 from data import preprocess, readers  # noqa: E402
 from evaluation import report  # noqa: E402
+from evaluation.ventricles import csf_to_white_matter, tissue_masks  # noqa: E402
+from rundir.checkpoints import latest_checkpoint  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 
@@ -45,7 +47,8 @@ flags.DEFINE_list("runs", None, "name:logdir pairs of trained runs to evaluate (
                   "name:logdir:checkpoint for another checkpoint of the run, such as a weights snapshot.",
                   required=True)
 flags.DEFINE_string("data", SHARED, "The shared data folder.")
-flags.DEFINE_bool("reuse", False, "Use a run's existing metrics.json instead of evaluating again.")
+flags.DEFINE_bool("reuse", False, "Use a run's existing metrics.json instead of evaluating again, when it is of the "
+                  "checkpoint that would be evaluated.")
 FLAGS = flags.FLAGS
 
 SETS = {
@@ -83,11 +86,23 @@ class Run:
         return os.path.join(self.logdir, "eval_real", *snapshot, set_name.split()[0].lower())
 
 
+def reusable(run: Run, output: str) -> bool:
+    """--reuse and a finished evaluation in `output` of the checkpoint that would be evaluated now (a run trained on
+    since is evaluated again)."""
+    metrics = os.path.join(output, "metrics.json")
+    if not (FLAGS.reuse and os.path.exists(metrics) and os.path.isdir(os.path.join(output, "predictions"))):
+        return False
+    with open(metrics) as f:
+        evaluated = json.load(f)["checkpoint"]
+    wanted = run.checkpoint or latest_checkpoint(run.logdir)
+    return os.path.realpath(evaluated) == os.path.realpath(wanted)
+
+
 def evaluate(run: Run, name: str, test_a: str, test_b: str) -> dict:
     output = run.output(name)
     metrics = os.path.join(output, "metrics.json")
     checkpoint = [] if run.checkpoint is None else [f"--checkpoint={run.checkpoint}"]
-    if not (FLAGS.reuse and os.path.exists(metrics) and os.path.isdir(os.path.join(output, "predictions"))):
+    if not reusable(run, output):
         subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), f"--logdir={run.logdir}", *checkpoint,
                         f"--test_a={os.path.join(FLAGS.data, test_a)}", f"--test_b={os.path.join(FLAGS.data, test_b)}",
                         f"--output_dir={output}", "--metrics=ssim,psnr", "--mask=auto", "--save_predictions",
@@ -104,19 +119,6 @@ def label(name: str, metrics: dict, direction: str) -> str:
 
 def cells(row: dict) -> str:
     return " | ".join(f"{row[c]['mean']:.3f}" if c.startswith("ssim") else f"{row[c]['mean']:.2f}" for c in COLUMNS)
-
-
-def tissue_masks(t1: np.ndarray, t2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSF (bright in the real T2, dark in the real T1: the ventricles) and white matter (the reverse), in the
-    central half of each [..., H, W] slice so that the CSF over the cortex and the scalp do not count."""
-    height, width = t1.shape[-2:]
-    centre = np.zeros(t1.shape, bool)
-    centre[..., height // 4:3 * height // 4, width // 4:3 * width // 4] = True
-    return centre & (t2 > 0.6) & (t1 < 0.35), centre & (t1 > 0.6) & (t2 < 0.35)
-
-
-def csf_to_white_matter(image: np.ndarray, csf: np.ndarray, white_matter: np.ndarray) -> float:
-    return float(image[csf].mean() / image[white_matter].mean())
 
 
 def ventricle_table(runs: list[Run]) -> None:

@@ -1,0 +1,66 @@
+"""The ventricle measure of the README's second real-data table (evaluation/ventricles.py)."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from data import preprocess
+from evaluation.ventricles import csf_to_white_matter, tissue_masks
+
+# A 64 x 64 phantom: (T1, T2) per tissue, as the two contrasts order them.
+CSF, WHITE_MATTER, GREY_MATTER = (0.2, 0.95), (0.8, 0.25), (0.5, 0.5)
+
+
+def phantom() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """T1, T2 and the true CSF and white-matter masks inside the central half (rows and columns 16-47). Outside it, a
+    strip of CSF over the 'cortex' that the measure must leave out."""
+    t1, t2 = np.full((64, 64), GREY_MATTER[0]), np.full((64, 64), GREY_MATTER[1])
+    csf, white_matter = np.zeros((64, 64), bool), np.zeros((64, 64), bool)
+    csf[28:36, 28:36] = True  # a ventricle
+    white_matter[20:44, 20:44] = True
+    white_matter[28:36, 28:36] = False
+    cortex_csf = np.zeros((64, 64), bool)
+    cortex_csf[2:6, :] = True
+    for mask, (v1, v2) in ((csf | cortex_csf, CSF), (white_matter, WHITE_MATTER)):
+        t1[mask], t2[mask] = v1, v2
+    return t1, t2, csf, white_matter
+
+
+def test_masks_are_the_ventricle_and_white_matter_of_the_central_half():
+    t1, t2, csf, white_matter = phantom()
+    found_csf, found_white_matter = tissue_masks(t1, t2)
+    assert np.array_equal(found_csf, csf) and np.array_equal(found_white_matter, white_matter)
+
+
+def test_real_contrasts_are_far_on_either_side_of_1_and_a_synthetic_image_is_scored_by_its_own_values():
+    t1, t2, csf, white_matter = phantom()
+    assert csf_to_white_matter(t2, csf, white_matter) == pytest.approx(CSF[1] / WHITE_MATTER[1])  # 3.8
+    assert csf_to_white_matter(t1, csf, white_matter) == pytest.approx(CSF[0] / WHITE_MATTER[0])  # 0.25
+    synthetic = np.random.default_rng(0).uniform(0, 1, (64, 64))
+    assert csf_to_white_matter(synthetic, csf, white_matter) == pytest.approx(
+        np.sum(synthetic * csf) / csf.sum() / (np.sum(synthetic * white_matter) / white_matter.sum()))
+
+
+def test_slices_are_pooled_pixel_by_pixel_not_averaged_per_slice():
+    t1, t2, csf, white_matter = phantom()
+    small_csf = np.zeros_like(csf)
+    small_csf[30:32, 30:32] = True  # 4 pixels against the first slice's 64
+    image = np.stack([np.where(csf, 1.0, 0.5), np.where(small_csf, 3.0, 0.5)])
+    pooled = csf_to_white_matter(image, np.stack([csf, small_csf]), np.stack([white_matter, white_matter]))
+    assert pooled == pytest.approx((64 * 1.0 + 4 * 3.0) / 68 / 0.5)  # per-slice means would give (2 + 6) / 2 = 4
+
+
+def test_no_csf_is_an_error_not_a_nan():
+    t1, t2, _, white_matter = phantom()
+    with pytest.raises(ValueError, match=r"no CSF \(0 pixels\)"):
+        csf_to_white_matter(t2, np.zeros_like(white_matter), white_matter)
+
+
+def test_on_the_shared_brats_case_real_t2_is_above_3_and_real_t1_below_half(shared_data):
+    case = shared_data / "brats" / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000"
+    t1, t2 = (preprocess.normalize(np.asarray(nib.load(f"{case}-{suffix}.nii.gz").dataobj)) for suffix in ("t1n", "t2w"))
+    t1, t2 = (np.moveaxis(volume[:, :, 60:101:5], -1, 0) for volume in (t1, t2))  # [slices, H, W], axial
+    csf, white_matter = tissue_masks(t1, t2)
+    assert csf.sum() > 500 and white_matter.sum() > 5000
+    assert csf_to_white_matter(t2, csf, white_matter) > 3.0
+    assert csf_to_white_matter(t1, csf, white_matter) < 0.5
