@@ -38,7 +38,7 @@ sys.path.insert(0, REPO)
 
 from data import preprocess, readers  # noqa: E402
 from evaluation import report  # noqa: E402
-from evaluation.ventricles import csf_to_white_matter, tissue_masks  # noqa: E402
+from evaluation.ventricles import csf_to_white_matter, rank_correlation_with_source, tissue_masks  # noqa: E402
 from rundir.checkpoints import latest_checkpoint  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
@@ -124,31 +124,38 @@ def cells(row: dict) -> str:
 def ventricle_table(runs: list[Run]) -> None:
     """The ventricles' brightness: mean CSF over mean white matter, from the predictions evaluate.py saved
     (pooled over the slices measured). Real T2 is far above 1, real T1 far below; a synthetic T2 with dark
-    ventricles is below 1."""
-    header, rows = ["| CSF / white matter"], {"real (the targets)": [], "source (identity)": []}
-    rows.update({f"**model: {run.name}**": [] for run in runs})
+    ventricles is below 1. Then each image's rank correlation with its source in the central head: near 0 or
+    below for the real pair, near 1 for a translation that keeps the source's order of intensities."""
+    header, sets = ["| CSF / white matter"], ["| rank correlation with the source"]
+    ratios = {"real (the targets)": [], "source (identity)": [], **{f"**model: {run.name}**": [] for run in runs}}
+    ranks = {"real (the targets)": [], **{f"**model: {run.name}**": [] for run in runs}}
     for name, ((path_a, path_b), indices) in VENTRICLE_SETS.items():
         test_a, test_b = (os.path.join(FLAGS.data, path) for path in (path_a, path_b))
         volumes = [preprocess.normalize(readers.read_file(path)[0].data) for path in (test_a, test_b)]
         t1, t2 = (volume[list(indices)] for volume in volumes)
         csf, white_matter = tissue_masks(t1, t2)
         header.append(f"{name} ({csf.sum()} and {white_matter.sum()} pixels): synthetic T2 | synthetic T1")
-        rows["real (the targets)"] += [csf_to_white_matter(t2, csf, white_matter),
-                                       csf_to_white_matter(t1, csf, white_matter)]
-        rows["source (identity)"] += [csf_to_white_matter(t1, csf, white_matter),
-                                      csf_to_white_matter(t2, csf, white_matter)]
+        sets.append(f"{name}: synthetic T2 | synthetic T1")
+        ratios["real (the targets)"] += [csf_to_white_matter(t2, csf, white_matter),
+                                         csf_to_white_matter(t1, csf, white_matter)]
+        ratios["source (identity)"] += [csf_to_white_matter(t1, csf, white_matter),
+                                        csf_to_white_matter(t2, csf, white_matter)]
+        ranks["real (the targets)"] += [rank_correlation_with_source(t1, t2), rank_correlation_with_source(t2, t1)]
         for run in runs:
             folder = os.path.join(run.output(name), "predictions")
-            for direction, source in (("t1_to_t2", test_a), ("t2_to_t1", test_b)):
+            for direction, source, source_images in (("t1_to_t2", test_a, t1), ("t2_to_t1", test_b, t2)):
                 names = report.prediction_file_names([types.SimpleNamespace(source=source, index=index)
                                                       for index in indices])
                 images = np.stack([np.asarray(Image.open(os.path.join(folder, direction, name)), np.float64) / 65535
                                    for name in names])
-                rows[f"**model: {run.name}**"].append(csf_to_white_matter(images, csf, white_matter))
-    print("\n" + " | ".join(header) + " |")
-    print("|---" * (2 * len(VENTRICLE_SETS) + 1) + "|")
-    for row, ratios in rows.items():
-        print(f"| {row} | " + " | ".join(f"{ratio:.2f}" for ratio in ratios) + " |")
+                ratios[f"**model: {run.name}**"].append(csf_to_white_matter(images, csf, white_matter))
+                ranks[f"**model: {run.name}**"].append(rank_correlation_with_source(source_images, images))
+    for title, rows in ((" | ".join(header), ratios),
+                        (" | ".join(sets), ranks)):
+        print("\n" + title + " |")
+        print("|---" * (2 * len(VENTRICLE_SETS) + 1) + "|")
+        for row, values in rows.items():
+            print(f"| {row} | " + " | ".join(f"{value:.2f}" for value in values) + " |")
 
 
 def main(argv):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from data import preprocess
-from evaluation.ventricles import csf_to_white_matter, tissue_masks
+from evaluation.ventricles import csf_to_white_matter, rank_correlation_with_source, tissue_masks
 
 # A 64 x 64 phantom: (T1, T2) per tissue, as the two contrasts order them.
 CSF, WHITE_MATTER, GREY_MATTER = (0.2, 0.95), (0.8, 0.25), (0.5, 0.5)
@@ -64,3 +64,29 @@ def test_on_the_shared_brats_case_real_t2_is_above_3_and_real_t1_below_half(shar
     assert csf.sum() > 500 and white_matter.sum() > 5000
     assert csf_to_white_matter(t2, csf, white_matter) > 3.0
     assert csf_to_white_matter(t1, csf, white_matter) < 0.5
+
+
+def ranks_correlation_reference(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's correlation for values without ties: Pearson's of the ranks (NumPy only)."""
+    rank_x, rank_y = (np.argsort(np.argsort(v)).astype(float) for v in (x, y))
+    return float(np.corrcoef(rank_x, rank_y)[0, 1])
+
+
+def test_rank_correlation_is_taken_in_the_central_head_only():
+    rng = np.random.default_rng(1)
+    source = rng.uniform(0.2, 1.0, (2, 64, 64))
+    source[:, :, :24] = 0.0  # air, partly inside the central half (columns 16-47)
+    inside = np.zeros(source.shape, bool)
+    inside[:, 16:48, 24:48] = True
+    hump = np.where(inside, np.sin(3 * source), 1.0 - source)  # outside: reversed, which must not count
+    assert rank_correlation_with_source(source, source) == pytest.approx(1.0)
+    assert rank_correlation_with_source(source, np.where(inside, 1.0 - source, source)) == pytest.approx(-1.0)
+    assert rank_correlation_with_source(source, hump) == pytest.approx(
+        ranks_correlation_reference(source[inside], hump[inside]))
+
+
+def test_the_real_brats_pair_is_far_from_keeping_the_order_of_its_source(shared_data):
+    case = shared_data / "brats" / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000"
+    t1, t2 = (preprocess.normalize(np.asarray(nib.load(f"{case}-{suffix}.nii.gz").dataobj)) for suffix in ("t1n", "t2w"))
+    t1, t2 = (np.moveaxis(volume[:, :, 60:101:5], -1, 0) for volume in (t1, t2))
+    assert rank_correlation_with_source(t1, t2) < 0.2  # a histogram-matched T1 would be 1
