@@ -19,7 +19,9 @@ A second table measures the ventricles, which a bare intensity change gets wrong
 image in the CSF of the central half of the slice over its mean in white matter, both masks thresholded from
 the real pair. Real T2 is far above 1 and real T1 far below. It is measured on IXI002 (a real T1/T2 pair the
 runs did not see) and on the middle slices of the BraTS case the README's runs train on (a model that gets
-them wrong there has not learned the contrast even where it trained).
+them wrong there has not learned the contrast even where it trained). A third table gives, on the same slices,
+each image's rank correlation with its source in the central head (evaluation/ventricles.py): a real pair is
+near 0 or below (T1 and T2 order the tissues in reverse), an order-keeping re-map of intensities near +1.
 """
 
 import dataclasses
