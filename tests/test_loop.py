@@ -271,6 +271,7 @@ def test_a_parameter_count_other_than_the_design_is_a_one_line_error(monkeypatch
                          ids=["bce_no_identity_no_pool", "batch_2_mixed_bfloat16"])
 def test_training_paths(tmp_path, flags):
     train(tmp_path, epochs=1, **flags)
+    assert tf.keras.mixed_precision.global_policy().name == flags.get("precision", "float32")  # the run used it
     state = checkpoint_state(tmp_path)
     assert state["step/.ATTRIBUTES/VARIABLE_VALUE"] == 3
     weights = [value for name, value in state.items() if "/_trainable_variables/" in name]
