@@ -1,4 +1,4 @@
-"""CycleGAN objectives: adversarial (LSGAN or BCE), cycle consistency and identity.
+"""CycleGAN objectives: adversarial (LSGAN or BCE), cycle consistency, identity, and the inversion prior.
 
 Each returns one value per example ([batch] from [batch, ...] inputs), the mean over that example's
 pixels or patches, so that the train step can average over the global batch across replicas
@@ -53,3 +53,14 @@ def cycle(real: tf.Tensor, reconstructed: tf.Tensor, lambda_cycle: float) -> tf.
 def identity(real: tf.Tensor, same: tf.Tensor, lambda_cycle: float, lambda_identity: float) -> tf.Tensor:
     """lambda_identity * lambda_cycle * |y - G(y)|_1: keeps G from changing an image already in its target contrast."""
     return lambda_identity * lambda_cycle * l1(real, same)
+
+
+def inverted_head(source: tf.Tensor, air: tf.Tensor) -> tf.Tensor:
+    """Images in [-1, 1] with the head's intensities reversed (unit x -> 1 - x) and the air kept at -1 (unit 0)."""
+    return tf.where(air, -1.0, -source)
+
+
+def inversion_prior(source: tf.Tensor, translated: tf.Tensor, air: tf.Tensor, weight) -> tf.Tensor:
+    """weight * |inverted_head(x) - G(x)|_1: T1 and T2 order the brain's tissues in reverse, so a translation
+    starts from the reversed source rather than from the identity that a U-Net's skips make easy."""
+    return weight * l1(inverted_head(source, air), translated)

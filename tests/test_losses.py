@@ -35,6 +35,19 @@ def test_cycle_and_identity_weights_per_example():
     np.testing.assert_allclose(losses.identity(a, b, 10.0, 0.5), [1.25, 2.5])
 
 
+def test_inversion_prior_reverses_the_head_and_keeps_the_air_against_numpy():
+    rng = np.random.default_rng(0)
+    unit = rng.uniform(0.0, 1.0, (2, 5, 5, 1)).astype(np.float32)
+    air = rng.uniform(size=unit.shape) < 0.3
+    translated = rng.uniform(-1.0, 1.0, unit.shape).astype(np.float32)
+    expected_unit = np.where(air, 0.0, 1.0 - unit)  # the reference in unit intensities
+    np.testing.assert_allclose(losses.inverted_head(tf.constant(unit * 2 - 1), tf.constant(air)),
+                               expected_unit * 2 - 1, atol=1e-6)
+    per_example = np.abs(translated - (expected_unit * 2 - 1)).reshape(2, -1).mean(1)
+    np.testing.assert_allclose(losses.inversion_prior(tf.constant(unit * 2 - 1), tf.constant(translated),
+                                                      tf.constant(air), 3.0), 3.0 * per_example, rtol=1e-5)
+
+
 def test_unknown_gan_loss():
     with pytest.raises(ValueError, match="lsgan"):
         losses.generator_adversarial(tf.zeros((1, 1)), "wgan")

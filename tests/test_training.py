@@ -141,6 +141,21 @@ def test_train_air_mask_sets_the_fakes_the_discriminators_see_to_air_exactly_whe
         assert np.mean(fake[~air] == -1.0) < 0.01  # the head, dark ventricle included, is the network's
 
 
+@pytest.mark.parametrize("step, weight", [(0, 10.0), (2, 5.0), (4, 0.0), (7, 0.0)])
+def test_inversion_prior_pulls_each_translation_toward_its_reversed_source_and_fades_by_the_step(step, weight):
+    model = CycleGAN(ModelConfig(pool_size=1, inversion_prior=10.0, inversion_prior_steps=4), total_steps=10,
+                     decay_start=5, filters=4)
+    model.step.assign(step)
+    (unit_a, _), (unit_b, _) = head_with_a_dark_ventricle(1), head_with_a_dark_ventricle(2)
+    out = model.train_step(tf.constant(unit_a * 2 - 1)[None, ..., None], tf.constant(unit_b * 2 - 1)[None, ..., None])
+    for term, pool, unit in (("g/inversion_prior", model.pool_b, unit_a), ("f/inversion_prior", model.pool_a, unit_b)):
+        fake = pool.images[0, ..., 0].numpy()  # the translation the loss judged (a pool of one keeps the first)
+        reversed_unit = np.where(masks.air_mask(unit), 0.0, 1.0 - unit)  # the dark ventricle turns bright
+        assert float(out[term]) == pytest.approx(weight * np.mean(np.abs(fake - (reversed_unit * 2 - 1))), rel=1e-4)
+    assert float(out["generators/total"]) == pytest.approx(
+        sum(float(value) for name, value in out.items() if name.startswith(("g/", "f/", "cycle/"))), rel=1e-5)
+
+
 def test_optimizers_follow_the_global_step():
     """The rate comes from the run's step, not each optimizer's own counter (which a float16
     loss-scale optimizer does not advance on skipped steps)."""

@@ -27,6 +27,12 @@ class ModelConfig:
         False, "Zero the generators' outputs where their source is air in training too, as translate.py, evaluate.py "
         "and exports do by default (the border-connected background), so that every loss judges the head only and a "
         "generator need not keep dark tissue dark to keep the air dark.")
+    inversion_prior: float = option(
+        0.0, "Weight of an L1 pull of each generator's output toward its own source with the head's intensities "
+        "reversed (unit x -> 1 - x inside the head, air 0): the prior that T1 and T2 order the brain's tissues in "
+        "reverse (CSF dark in T1, bright in T2). It uses no paired image, fades linearly to 0 at "
+        "--inversion_prior_steps, and then the objective is the CycleGAN's alone (0 disables).", lower=0.0)
+    inversion_prior_steps: int = option(400, "Steps over which --inversion_prior fades to 0.", lower=1)
     gan_loss: str = option("lsgan", "Adversarial loss: least squares or binary cross-entropy with logits.",
                            choices=("lsgan", "bce"))
     pool_size: int = option(50, "Image-history pool size per domain (0 disables).", lower=0, structural=True)

@@ -48,6 +48,7 @@ class CycleGAN(tf.Module):
         self.discriminator_x = build_discriminator("discriminator_x", filters)  # judges T1
         self.discriminator_y = build_discriminator("discriminator_y", filters)  # judges T2
         self.schedule = LinearDecay(config.lr, total_steps, decay_start)
+        self.inversion_schedule = LinearDecay(config.inversion_prior, config.inversion_prior_steps, 0)
         self.optimizers = {name: self._optimizer(name) for name in NETWORKS}
         for name in NETWORKS:  # build now so that a restore fills the slots instead of deferring
             self.optimizers[name].build(self.network(name).trainable_variables)
@@ -136,7 +137,10 @@ class CycleGAN(tf.Module):
 
         f32 = lambda t: tf.cast(t, tf.float32)  # noqa: E731 - mixed-precision outputs to loss precision
         real_a, real_b = f32(real_a), f32(real_b)
-        air_a, air_b = (network_air(real) if config.train_air_mask else None for real in (real_a, real_b))
+        prior = config.inversion_prior > 0
+        source_air_a, source_air_b = (network_air(real) if config.train_air_mask or prior else None
+                                      for real in (real_a, real_b))
+        air_a, air_b = (source_air_a, source_air_b) if config.train_air_mask else (None, None)
 
         def translate(generator, images, air):
             """The generator's output, -1 (unit 0) in the source's air with --train_air_mask, as at inference."""
@@ -164,6 +168,10 @@ class CycleGAN(tf.Module):
                                                             config.lambda_identity))
                 out["f/identity"] = average(losses.identity(real_a, same_a, config.lambda_cycle,
                                                             config.lambda_identity))
+            if prior:
+                weight = self.inversion_schedule(self.step)
+                out["g/inversion_prior"] = average(losses.inversion_prior(real_a, fake_b, source_air_a, weight))
+                out["f/inversion_prior"] = average(losses.inversion_prior(real_b, fake_a, source_air_b, weight))
             # One objective for both generators, as in the original: each network's gradient
             # only sees the terms that depend on it.
             generator_total = tf.add_n(list(out.values()))
