@@ -67,7 +67,7 @@ VENTRICLE_SETS = {
     "BraTS training case, slices 60-100": (TRAINING_CASE, range(60, 101, 5)),
 }
 BASELINES = (("baseline_identity", "identity"), ("baseline_histogram", "histogram"),
-             ("oracle_intensity_map", "oracle intensity map"))
+             ("baseline_reversed_histogram", "reversed histogram"), ("oracle_intensity_map", "oracle intensity map"))
 COLUMNS = ("ssim", "ssim_fg", "psnr", "psnr_fg")
 TEST_MIN_FOREGROUND = 0.05  # the flag's default: the same test slices for every run, whatever it trained on
 

@@ -9,6 +9,10 @@
   scikit-image's `exposure.match_histograms` (each distinct source value's cumulative frequency
   looked up, linearly interpolated, in the reference's), with the reference's distinct values and
   their cumulative frequencies computed once for all slices.
+* baseline_reversed_histogram: the same with the head's intensity order reversed first (unit x -> 1 - x,
+  then matched): T1 and T2 order the brain's tissues in reverse (CSF dark in T1, bright in T2), so this is
+  what that prior alone gives, and what --inversion_prior starts the generators from. A model trained with
+  the prior must beat it to have learnt anything beyond it.
 * oracle_intensity_map: for each test slice pair, the mapping from source intensity to target
   intensity that minimises the squared error on that very pair: the mean target value per source
   intensity bin (ORACLE_BINS equal bins of [0, 1]). It sees the answer, so it is a ceiling, not a
@@ -43,15 +47,17 @@ def histogram_reference(images: list[np.ndarray]) -> HistogramReference:
     return HistogramReference(values, np.cumsum(counts) / pooled.size)
 
 
-def match_histogram(source: np.ndarray, reference: HistogramReference) -> np.ndarray:
+def match_histogram(source: np.ndarray, reference: HistogramReference, reverse: bool = False) -> np.ndarray:
     """The head of the [0, 1] slice `source` with its intensity distribution mapped onto the reference's, 0 in
-    its air (float32, source's shape)."""
+    its air (float32, source's shape); with `reverse`, the head's intensity order is reversed first (1 - x)."""
     source = np.asarray(source)
     head = ~masks.air_mask(source)
     out = np.zeros(source.shape, np.float32)
     if head.any():
         values, lookup, counts = np.unique(source[head], return_inverse=True, return_counts=True)
-        matched = np.interp(np.cumsum(counts) / counts.sum(), reference.quantiles, reference.values)
+        # A value's cumulative frequency; reversed, the share of the head at or above it.
+        cumulative = np.cumsum(counts[::-1])[::-1] if reverse else np.cumsum(counts)
+        matched = np.interp(cumulative / counts.sum(), reference.quantiles, reference.values)
         out[head] = matched[lookup]
     return out
 

@@ -23,8 +23,9 @@ from rundir import flagfile
 
 BASELINE = "baseline_identity"
 HISTOGRAM = "baseline_histogram"
+REVERSED_HISTOGRAM = "baseline_reversed_histogram"
 ORACLE = "oracle_intensity_map"
-NON_LEARNED = (BASELINE, HISTOGRAM, ORACLE)
+NON_LEARNED = (BASELINE, HISTOGRAM, REVERSED_HISTOGRAM, ORACLE)
 # Where the test data comes from; one given on the command line replaces all the run's saved ones.
 TEST_SOURCE_FLAGS = ("test_a", "test_b", "data_dir")
 
@@ -79,7 +80,7 @@ def comparisons(pairs: list, direction: Direction, translated: np.ndarray, recon
                 air: list[np.ndarray] | None, reference: baselines.HistogramReference | None) -> dict:
     """Name -> (source, target, prediction on the original grid) per slice: model, non-learned rows, cycle.
 
-    `reference` is the target domain's pooled training intensities (None leaves baseline_histogram out).
+    `reference` is the target domain's pooled training intensities (None leaves both histogram rows out).
     """
     sources = [pair[direction.source_index] for pair in pairs]
     targets = [pair[direction.target_index] for pair in pairs]
@@ -93,8 +94,9 @@ def comparisons(pairs: list, direction: Direction, translated: np.ndarray, recon
         f"{BASELINE}/{direction.name}": [(s, t, s.original) for s, t in zip(sources, targets)],
     }
     if reference is not None:
-        compared[f"{HISTOGRAM}/{direction.name}"] = [(s, t, baselines.match_histogram(s.original, reference))
-                                                      for s, t in zip(sources, targets)]
+        for name, reverse in ((HISTOGRAM, False), (REVERSED_HISTOGRAM, True)):
+            compared[f"{name}/{direction.name}"] = [(s, t, baselines.match_histogram(s.original, reference, reverse))
+                                                    for s, t in zip(sources, targets)]
     airs = [None] * len(sources) if air is None else air
     compared[f"{ORACLE}/{direction.name}"] = [(s, t, baselines.oracle_intensity_map(s.original, t.original, a))
                                               for s, t, a in zip(sources, targets, airs)]

@@ -11,7 +11,8 @@ from evaluation import baselines
 BRATS = "brats/BraTS-GLI-00001-000/BraTS-GLI-00001-000-{}.nii.gz"
 
 
-def test_histogram_matching_of_the_head_equals_scikit_image_and_keeps_air_at_zero():
+@pytest.mark.parametrize("reverse", [False, True], ids=["histogram", "reversed_histogram"])
+def test_histogram_matching_of_the_head_equals_scikit_image_and_keeps_air_at_zero(reverse):
     t1, _ = phantom.paired_test(2, 1)
     _, t2_train = phantom.unpaired_train(3, 2)
     reference_slices = [preprocess.normalize(image) for image in t2_train]
@@ -21,8 +22,10 @@ def test_histogram_matching_of_the_head_equals_scikit_image_and_keeps_air_at_zer
     for image in t1:
         source = preprocess.normalize(image)
         air = masks.air_mask(source)
-        expected = skimage.exposure.match_histograms(source[~air], pooled)  # the head's pixels, 1-D
-        matched = baselines.match_histogram(source, reference)
+        head = source[~air].astype(np.float64)  # the head's pixels, 1-D; reversed in float64, where no two values merge
+        head = 1.0 - head if reverse else head
+        expected = skimage.exposure.match_histograms(head, pooled)
+        matched = baselines.match_histogram(source, reference, reverse)
         # Same algorithm, same float64 interpolation, both rounded to float32 at the end.
         np.testing.assert_array_equal(matched[~air], expected.astype(np.float32))
         assert np.all(matched[air] == 0) and air.mean() > 0.2
@@ -57,7 +60,7 @@ def maybe_shared_data(request):
         return None
 
 
-def test_oracle_is_at_least_as_good_as_identity_and_histogram_matching(maybe_shared_data):
+def test_oracle_is_at_least_as_good_as_identity_and_both_histogram_matchings(maybe_shared_data):
     _, t2_train = phantom.unpaired_train(3, 2)
     reference = baselines.histogram_reference([preprocess.normalize(image) for image in t2_train])
     pairs = slice_pairs(maybe_shared_data)
@@ -70,7 +73,8 @@ def test_oracle_is_at_least_as_good_as_identity_and_histogram_matching(maybe_sha
         air_kept_map = baselines.oracle_intensity_map(source, target, air)
         assert np.all(air_kept_map[air] == 0)
         air_kept = mse(air_kept_map, target)
-        assert air_kept <= mse(baselines.match_histogram(source, reference), target) + BIN_ALLOWANCE
+        for reverse in (False, True):
+            assert air_kept <= mse(baselines.match_histogram(source, reference, reverse), target) + BIN_ALLOWANCE
         assert air_kept <= mse(np.where(air, 0, source), target) + BIN_ALLOWANCE
 
 

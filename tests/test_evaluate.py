@@ -180,6 +180,7 @@ def test_defaults_evaluate_the_runs_synthetic_test_split(trained_run, checkpoint
                                                                                          slices, d).items()}
     rows = csv_rows(output_dir)
     assert list(rows) == [name for d in DIRECTIONS for name in (d, f"baseline_identity/{d}", f"baseline_histogram/{d}",
+                                                                f"baseline_reversed_histogram/{d}",
                                                                 f"oracle_intensity_map/{d}", CYCLES[d])]
     tags = summaries(output_dir)
     for name, pairs in expected.items():
@@ -210,12 +211,13 @@ def test_direction_uses_its_generator(trained_run, checkpoint_generators, tmp_pa
     expected = expected_comparisons(checkpoint_generators, slices, direction)
     rows = csv_rows(output_dir)
     assert list(rows) == [direction, f"baseline_identity/{direction}", f"baseline_histogram/{direction}",
-                          f"oracle_intensity_map/{direction}", CYCLES[direction]]  # only this direction's
+                          f"baseline_reversed_histogram/{direction}", f"oracle_intensity_map/{direction}",
+                          CYCLES[direction]]  # only this direction's
     for name, pairs in expected.items():
         assert_rows_match(rows[name], pairs, TOLERANCE, name)
     report_json = load_report(output_dir)
     assert set(report_json) == {direction, CYCLES[direction], "baseline_identity", "baseline_histogram",
-                                "oracle_intensity_map", "checkpoint", "checkpoint_step", "data", "air_mask",
+                                "baseline_reversed_histogram", "oracle_intensity_map", "checkpoint", "checkpoint_step", "data", "air_mask",
                                 "foreground_mask"}
     assert set(report_json["baseline_identity"]) == {direction}
 
@@ -482,7 +484,7 @@ def test_ixi_layout_on_different_grids_gives_paired_metrics(trained_run, tmp_pat
     pairs = report_json["data"]["pairs"]
     assert set(pairs) == set(DIRECTIONS) and min(pairs.values()) > 0  # each direction on its source's grid
     for direction in DIRECTIONS:
-        for head in ("baseline_identity", "baseline_histogram", "oracle_intensity_map"):
+        for head in ("baseline_identity", "baseline_histogram", "baseline_reversed_histogram", "oracle_intensity_map"):
             assert report_json[head][direction]["ssim"]["n"] == pairs[direction]
         assert report_json[direction]["ssim_fg"]["n"] == pairs[direction]
         # Aligned contrasts: the oracle map fitted on each pair explains most of the target.
