@@ -89,15 +89,16 @@ class Run:
 
 
 def reusable(run: Run, output: str) -> bool:
-    """--reuse and a finished evaluation in `output` of the checkpoint that would be evaluated now (a run trained on
-    since is evaluated again)."""
+    """--reuse and a finished evaluation in `output` of the checkpoint that would be evaluated now, with every baseline
+    row (a run trained on since, or evaluated before a baseline was added, is evaluated again)."""
     metrics = os.path.join(output, "metrics.json")
     if not (FLAGS.reuse and os.path.exists(metrics) and os.path.isdir(os.path.join(output, "predictions"))):
         return False
     with open(metrics) as f:
-        evaluated = json.load(f)["checkpoint"]
+        evaluated = json.load(f)
     wanted = run.checkpoint or latest_checkpoint(run.logdir)
-    return os.path.realpath(evaluated) == os.path.realpath(wanted)
+    return (os.path.realpath(evaluated["checkpoint"]) == os.path.realpath(wanted)
+            and all(key in evaluated for key, _ in BASELINES))
 
 
 def evaluate(run: Run, name: str, test_a: str, test_b: str) -> dict:
