@@ -72,7 +72,8 @@ def terminal_summary(evaluation: Evaluation) -> str:
         f"mean ± std over slices; _fg inside the {evaluation.mask['mask']} mask; model outputs "
         f"{'zeroed in the source air' if evaluation.air_mask else 'raw (--air_mask=false)'}. {BASELINE}: the "
         f"source slice itself; {HISTOGRAM}: the source's head histogram-matched to the target domain's training "
-        f"heads, air 0; {REVERSED_HISTOGRAM}: the same with the head's intensity order reversed first; {ORACLE}: the best per-pair intensity map (a ceiling for intensity-only methods); "
+        f"heads, air 0; {REVERSED_HISTOGRAM}: the same with the head's intensity order reversed first; {ORACLE}: "
+        "the best per-pair intensity map (a ceiling for intensity-only methods); "
         "t1_cycle / t2_cycle: T1->T2->T1 / T2->T1->T2 against the source.",
     ])
 

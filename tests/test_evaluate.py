@@ -217,8 +217,8 @@ def test_direction_uses_its_generator(trained_run, checkpoint_generators, tmp_pa
         assert_rows_match(rows[name], pairs, TOLERANCE, name)
     report_json = load_report(output_dir)
     assert set(report_json) == {direction, CYCLES[direction], "baseline_identity", "baseline_histogram",
-                                "baseline_reversed_histogram", "oracle_intensity_map", "checkpoint", "checkpoint_step", "data", "air_mask",
-                                "foreground_mask"}
+                                "baseline_reversed_histogram", "oracle_intensity_map", "checkpoint", "checkpoint_step",
+                                "data", "air_mask", "foreground_mask"}
     assert set(report_json["baseline_identity"]) == {direction}
 
     # The other generator is far outside the tolerance, so a swapped direction fails the checks above.
