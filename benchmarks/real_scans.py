@@ -22,6 +22,13 @@ runs did not see) and on the middle slices of the BraTS case the README's runs t
 them wrong there has not learned the contrast even where it trained). A third table gives, on the same slices,
 each image's rank correlation with its source in the central head (evaluation/ventricles.py): a real pair is
 near 0 or below (T1 and T2 order the tissues in reverse), an order-keeping re-map of intensities near +1.
+
+A last table scores the SPM templates inside the brain rather than the head (evaluate.py --mask=<file>): the
+templates are in MNI space, so nilearn's MNI152 whole-brain mask (its packaged ICBM152 2009 template above 0.2,
+no download; `pip install -e ".[real_scans]"`) is their brain, resampled onto their grid by evaluate.py. The
+head mask of the skull-base and vertex slices is mostly scalp, face and neck, which a model trained on
+skull-stripped brains never saw. The other sets have no brain mask; without nilearn the table is left out with
+a message.
 """
 
 import dataclasses
@@ -69,6 +76,7 @@ VENTRICLE_SETS = {
 BASELINES = (("baseline_identity", "identity"), ("baseline_histogram", "histogram"),
              ("baseline_reversed_histogram", "reversed histogram"), ("oracle_intensity_map", "oracle intensity map"))
 COLUMNS = ("ssim", "ssim_fg", "psnr", "psnr_fg")
+BRAIN_SET = "SPM avg152 templates"  # the set scored inside a brain mask too
 TEST_MIN_FOREGROUND = 0.05  # the flag's default: the same test slices for every run, whatever it trained on
 
 
@@ -82,10 +90,10 @@ class Run:
     def parse(cls, entry: str) -> "Run":
         return cls(*entry.split(":", 2))
 
-    def output(self, set_name: str) -> str:
-        """Where evaluate.py writes this run's results on a set."""
+    def output(self, set_name: str, suffix: str = "") -> str:
+        """Where evaluate.py writes this run's results on a set (`suffix` for another mask of the same set)."""
         snapshot = () if self.checkpoint is None else (os.path.basename(self.checkpoint),)
-        return os.path.join(self.logdir, "eval_real", *snapshot, set_name.split()[0].lower())
+        return os.path.join(self.logdir, "eval_real", *snapshot, set_name.split()[0].lower() + suffix)
 
 
 def reusable(run: Run, output: str) -> bool:
@@ -101,23 +109,32 @@ def reusable(run: Run, output: str) -> bool:
             and all(key in evaluated for key, _ in BASELINES))
 
 
-def evaluate(run: Run, name: str, test_a: str, test_b: str) -> dict:
-    output = run.output(name)
+def evaluate(run: Run, name: str, test_a: str, test_b: str, mask: str = "auto", suffix: str = "") -> dict:
+    output = run.output(name, suffix)
     metrics = os.path.join(output, "metrics.json")
     checkpoint = [] if run.checkpoint is None else [f"--checkpoint={run.checkpoint}"]
     if not reusable(run, output):
         subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), f"--logdir={run.logdir}", *checkpoint,
                         f"--test_a={os.path.join(FLAGS.data, test_a)}", f"--test_b={os.path.join(FLAGS.data, test_b)}",
-                        f"--output_dir={output}", "--metrics=ssim,psnr", "--mask=auto", "--save_predictions",
+                        f"--output_dir={output}", "--metrics=ssim,psnr", f"--mask={mask}", "--save_predictions",
                         f"--min_foreground={TEST_MIN_FOREGROUND}"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(metrics) as f:
         return json.load(f)
 
 
-def label(name: str, metrics: dict, direction: str) -> str:
-    """The set and its slice count in this run's evaluation."""
-    return f"{name} ({metrics[direction]['ssim']['n']})"
+def rows(results: list[tuple[str, dict]], direction: str) -> list[tuple[str, dict]]:
+    """A direction's rows: the baselines, once per distinct value (they depend on a run's training data), then
+    each run's model."""
+    out, printed = [], []
+    for run, metrics in results:
+        baselines = {key: metrics[key][direction] for key, _ in BASELINES}
+        if baselines not in printed:
+            suffix = "" if not printed else f" ({run}'s data flags)"
+            out += [(f"{title}{suffix}", baselines[key]) for key, title in BASELINES]
+            printed.append(baselines)
+    return out + [(f"**model: {run}** (step {metrics['checkpoint_step']})", metrics[direction])
+                  for run, metrics in results]
 
 
 def cells(row: dict) -> str:
@@ -161,6 +178,33 @@ def ventricle_table(runs: list[Run]) -> None:
             print(f"| {row} | " + " | ".join(f"{value:.2f}" for value in values) + " |")
 
 
+def mni_brain_mask(path: str) -> bool:
+    """Writes nilearn's MNI152 whole-brain mask to `path`; False (and a message) without nilearn."""
+    try:
+        from nilearn import datasets
+    except ImportError:
+        print("\n(the table inside the brain needs nilearn's MNI152 brain mask: pip install -e \".[real_scans]\")")
+        return False
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    datasets.load_mni152_brain_mask(resolution=1).to_filename(path)
+    return True
+
+
+def brain_table(runs: list[Run]) -> None:
+    """The SPM templates scored inside the MNI152 brain mask: SSIM and PSNR of the _fg columns."""
+    mask = os.path.join(runs[0].logdir, "eval_real", "mni152_brain_mask.nii.gz")
+    if not mni_brain_mask(mask):
+        return
+    test_a, test_b = SETS[BRAIN_SET]
+    results = [(run.name, evaluate(run, BRAIN_SET, test_a, test_b, mask, "_brain")) for run in runs]
+    print(f"\n| {BRAIN_SET} inside the MNI152 brain mask (slices with brain) | direction | row | SSIM brain | "
+          "PSNR brain dB |\n|---|---|---|---|---|")
+    for direction in ("t1_to_t2", "t2_to_t1"):
+        for title, row in rows(results, direction):
+            print(f"| {BRAIN_SET} ({row['ssim_fg']['n']}) | {direction} | {title} | {row['ssim_fg']['mean']:.3f} | "
+                  f"{row['psnr_fg']['mean']:.2f} |")
+
+
 def main(argv):
     runs = [Run.parse(entry) for entry in FLAGS.runs]
     print("| set (slices) | direction | row | SSIM | SSIM head | PSNR dB | PSNR head dB |")
@@ -168,21 +212,12 @@ def main(argv):
     for name, (test_a, test_b) in SETS.items():
         results = [(run.name, evaluate(run, name, test_a, test_b)) for run in runs]
         for direction in ("t1_to_t2", "t2_to_t1"):
-            printed = []
-            for run, metrics in results:
-                baselines = {key: metrics[key][direction] for key, _ in BASELINES}
-                if baselines not in printed:
-                    suffix = "" if not printed else f" ({run}'s data flags)"
-                    for key, title in BASELINES:
-                        print(f"| {label(name, metrics, direction)} | {direction} | {title}{suffix} | "
-                              f"{cells(baselines[key])} |")
-                    printed.append(baselines)
-            for run, metrics in results:
-                print(f"| {label(name, metrics, direction)} | {direction} | **model: {run}** "
-                      f"(step {metrics['checkpoint_step']}) | {cells(metrics[direction])} |")
+            for title, row in rows(results, direction):
+                print(f"| {name} ({row['ssim']['n']}) | {direction} | {title} | {cells(row)} |")
     for run in runs:  # the training case is evaluated for the ventricle table only, not scored
         evaluate(run, "BraTS training case", *TRAINING_CASE)
     ventricle_table(runs)
+    brain_table(runs)
 
 
 if __name__ == "__main__":
