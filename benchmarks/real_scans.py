@@ -21,7 +21,9 @@ the real pair. Real T2 is far above 1 and real T1 far below. It is measured on I
 runs did not see) and on the middle slices of the BraTS case the README's runs train on (a model that gets
 them wrong there has not learned the contrast even where it trained). A third table gives, on the same slices,
 each image's rank correlation with its source in the central head (evaluation/ventricles.py): a real pair is
-near 0 or below (T1 and T2 order the tissues in reverse), an order-keeping re-map of intensities near +1.
+near 0 or below (T1 and T2 order the tissues in reverse), an order-keeping re-map of intensities near +1. A
+fourth gives each image's mean in that CSF mask, beside the real one's: the ratio can be right while both
+tissues are too dark.
 
 A last table scores the SPM templates inside the brain rather than the head (evaluate.py --mask=<file>): the
 templates are in MNI space, so nilearn's MNI152 whole-brain mask (its packaged ICBM152 2009 template above 0.2,
@@ -145,9 +147,11 @@ def ventricle_table(runs: list[Run]) -> None:
     """The ventricles' brightness: mean CSF over mean white matter, from the predictions evaluate.py saved
     (pooled over the slices measured). Real T2 is far above 1, real T1 far below; a synthetic T2 with dark
     ventricles is below 1. Then each image's rank correlation with its source in the central head: near 0 or
-    below for the real pair, near 1 for a translation that keeps the source's order of intensities."""
+    below for the real pair, near 1 for a translation that keeps the source's order of intensities. Last, each
+    image's mean in the CSF ([0, 1] intensities): a ratio can be right with both tissues too dark."""
     header, sets = ["| CSF / white matter"], ["| rank correlation with the source"]
     ratios = {"real (the targets)": [], "source (identity)": [], **{f"**model: {run.name}**": [] for run in runs}}
+    csf_means = {"real (the targets)": [], **{f"**model: {run.name}**": [] for run in runs}}
     ranks = {"real (the targets)": [], **{f"**model: {run.name}**": [] for run in runs}}
     for name, ((path_a, path_b), indices) in VENTRICLE_SETS.items():
         test_a, test_b = (os.path.join(FLAGS.data, path) for path in (path_a, path_b))
@@ -161,6 +165,7 @@ def ventricle_table(runs: list[Run]) -> None:
         ratios["source (identity)"] += [csf_to_white_matter(t1, csf, white_matter),
                                         csf_to_white_matter(t2, csf, white_matter)]
         ranks["real (the targets)"] += [rank_correlation_with_source(t1, t2), rank_correlation_with_source(t2, t1)]
+        csf_means["real (the targets)"] += [t2[csf].mean(), t1[csf].mean()]
         for run in runs:
             folder = os.path.join(run.output(name), "predictions")
             for direction, source, source_images in (("t1_to_t2", test_a, t1), ("t2_to_t1", test_b, t2)):
@@ -170,8 +175,10 @@ def ventricle_table(runs: list[Run]) -> None:
                                    for name in names])
                 ratios[f"**model: {run.name}**"].append(csf_to_white_matter(images, csf, white_matter))
                 ranks[f"**model: {run.name}**"].append(rank_correlation_with_source(source_images, images))
+                csf_means[f"**model: {run.name}**"].append(images[csf].mean())
     for title, rows in ((" | ".join(header), ratios),
-                        (" | ".join(sets), ranks)):
+                        (" | ".join(sets), ranks),
+                        (" | ".join(["| mean in the CSF", *sets[1:]]), csf_means)):
         print("\n" + title + " |")
         print("|---" * (2 * len(VENTRICLE_SETS) + 1) + "|")
         for row, values in rows.items():
