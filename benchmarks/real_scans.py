@@ -176,12 +176,12 @@ def ventricle_table(runs: list[Run]) -> None:
                 ratios[f"**model: {run.name}**"].append(csf_to_white_matter(images, csf, white_matter))
                 ranks[f"**model: {run.name}**"].append(rank_correlation_with_source(source_images, images))
                 csf_means[f"**model: {run.name}**"].append(images[csf].mean())
-    for title, rows in ((" | ".join(header), ratios),
-                        (" | ".join(sets), ranks),
-                        (" | ".join(["| mean in the CSF", *sets[1:]]), csf_means)):
+    for title, table in ((" | ".join(header), ratios),
+                         (" | ".join(sets), ranks),
+                         (" | ".join(["| mean in the CSF", *sets[1:]]), csf_means)):
         print("\n" + title + " |")
         print("|---" * (2 * len(VENTRICLE_SETS) + 1) + "|")
-        for row, values in rows.items():
+        for row, values in table.items():
             print(f"| {row} | " + " | ".join(f"{value:.2f}" for value in values) + " |")
 
 
