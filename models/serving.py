@@ -39,8 +39,19 @@ def percentile(values: tf.Tensor, q: float = preprocess.PERCENTILE) -> tf.Tensor
     upper neighbour when the fraction is >= 0.5) as NumPy 2, so the divisor is bit-identical to
     data/preprocess.py's.
     """
-    ordered = tf.sort(values)
-    last = tf.cast(tf.size(values) - 1, tf.float64)
+    return sorted_percentile(tf.sort(values), tf.size(values), q)
+
+
+def masked_percentile(values: tf.Tensor, inside: tf.Tensor, q: float) -> tf.Tensor:
+    """np.percentile(values[inside], q) for a non-empty selection, with static shapes (XLA compiles it):
+    the values outside sort to the end as +inf."""
+    ordered = tf.sort(tf.reshape(tf.where(inside, values, float("inf")), [-1]))
+    return sorted_percentile(ordered, tf.reduce_sum(tf.cast(inside, tf.int32)), q)
+
+
+def sorted_percentile(ordered: tf.Tensor, count: tf.Tensor, q: float) -> tf.Tensor:
+    """percentile's interpolation over the first `count` values of an ascending vector."""
+    last = tf.cast(count - 1, tf.float64)
     virtual = last * (q / 100.0)
     below = tf.floor(virtual)
     fraction = virtual - below
@@ -94,27 +105,41 @@ def canvas_placement(height: tf.Tensor, width: tf.Tensor) -> tuple[tf.Tensor, tf
     return resized_height, resized_width, (CANVAS - resized_height) // 2, (CANVAS - resized_width) // 2
 
 
+def four_neighbours(region: tf.Tensor) -> tf.Tensor:
+    """The pixels with a 4-neighbour in `region` (a 2-D boolean image)."""
+    padded = tf.pad(region, [[1, 1], [1, 1]])
+    return padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+
+
+def border_connected(candidate: tf.Tensor) -> tf.Tensor:
+    """masks.border_connected: grown from the candidate border pixels until stable."""
+    height, width = tf.shape(candidate)[0], tf.shape(candidate)[1]
+    rows, columns = tf.range(height)[:, tf.newaxis], tf.range(width)[tf.newaxis, :]
+    on_border = (rows == 0) | (rows == height - 1) | (columns == 0) | (columns == width - 1)
+    start = candidate & on_border
+    _, region = tf.while_loop(lambda previous, region: tf.reduce_any(previous != region),
+                              lambda previous, region: (region, (region | four_neighbours(region)) & candidate),
+                              (tf.zeros_like(start), start))
+    return region
+
+
 def air_mask(unit: tf.Tensor) -> tf.Tensor:
     """data/masks.air_mask in the graph, bit for bit: the border's median (+ 6 MADs, capped) is the background level,
-    and the pixels at or below it that are 4-connected to the border are air (grown from the border until stable)."""
+    or, when that is 0, a high percentile of the ring inside the zero fill if the ring is dark; the pixels at or
+    below the level that are 4-connected to the border are air."""
     border = tf.concat([unit[0], unit[-1], unit[1:-1, 0], unit[1:-1, -1]], axis=0)
     median = percentile(border, 50.0)
     level = tf.minimum(median + masks.AIR_MAD_FACTOR * percentile(tf.abs(border - median), 50.0), masks.AIR_MAX_LEVEL)
-    candidate = unit <= level
-    height, width = tf.shape(unit)[0], tf.shape(unit)[1]
-    rows, columns = tf.range(height)[:, tf.newaxis], tf.range(width)[tf.newaxis, :]
-    on_border = (rows == 0) | (rows == height - 1) | (columns == 0) | (columns == width - 1)
+    fill = border_connected(unit <= level)
+    ring = four_neighbours(fill) & ~fill
 
-    def grow(region):
-        padded = tf.pad(region, [[1, 1], [1, 1]])
-        neighbours = padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
-        return (region | neighbours) & candidate
+    def ring_level():
+        dark = masked_percentile(unit, ring, 50.0) <= masks.AIR_RING_MAX_MEDIAN
+        return tf.where(dark, tf.minimum(masked_percentile(unit, ring, masks.AIR_RING_PERCENTILE),
+                                         masks.AIR_MAX_LEVEL), level)
 
-    def changed(previous, region):
-        return tf.reduce_any(previous != region)
-
-    start = candidate & on_border
-    _, air = tf.while_loop(changed, lambda previous, region: (region, grow(region)), (tf.zeros_like(start), start))
+    level = tf.cond((level <= 0) & tf.reduce_any(ring), ring_level, lambda: level)
+    air = tf.cond(tf.reduce_any(ring & (unit <= level)), lambda: border_connected(unit <= level), lambda: fill)
     return air & (median <= masks.AIR_MAX_MEDIAN)
 
 

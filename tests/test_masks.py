@@ -7,9 +7,10 @@ NumPy's median), and the in-graph version of models/serving.py must equal it bit
 import numpy as np
 import pytest
 import skimage.measure
+import skimage.morphology
 import tensorflow as tf
 
-from data import datasets, masks, phantom, preprocess
+from data import datasets, masks, phantom, preprocess, readers
 from data.readers import BadFileError
 from models import serving
 
@@ -17,30 +18,48 @@ SIZE = 96
 VENTRICLE = (slice(40, 56), slice(42, 54))  # inside the head, touching nothing but brain
 
 
+def reference_border_connected(candidate: np.ndarray) -> np.ndarray:
+    labels = skimage.measure.label(candidate, connectivity=1, background=0)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, edge[edge > 0])
+
+
 def reference_air(unit: np.ndarray) -> np.ndarray:
-    """The documented air rule, independently: border median + 6 MADs (at most 0.1), border-connected (4-neighbour)."""
+    """The documented air rule, independently: border median + 6 MADs (at most 0.1); when that is 0, the 95th
+    percentile (at most 0.1) of the ring just inside the border-connected zero fill if the ring's median is at
+    most 0.025; the pixels at or below the level that are border-connected (4-neighbour)."""
     unit = np.asarray(unit, np.float32)
     border = np.concatenate([unit[0], unit[-1], unit[1:-1, 0], unit[1:-1, -1]])
     median = np.float32(np.median(border))
     if median > np.float32(0.05):
         return np.zeros(unit.shape, bool)
     level = min(median + np.float32(6) * np.float32(np.median(np.abs(border - median))), np.float32(0.1))
-    labels = skimage.measure.label(unit <= level, connectivity=1, background=0)
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return np.isin(labels, edge[edge > 0])
+    if level == 0:
+        fill = reference_border_connected(unit <= 0)
+        ring = unit[skimage.morphology.dilation(fill, skimage.morphology.diamond(1)) & ~fill]
+        if ring.size and np.median(ring) <= np.float32(0.025):
+            level = min(np.percentile(ring, 95), np.float32(0.1))
+    return reference_border_connected(unit <= level)
 
 
-def head_phantom(noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A [0, 1] slice: an elliptic head (bright scalp ring, grey brain) with a ventricle darker than the air
+def head_phantom(noise: float, seed: int = 0, scalp: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """A [0, 1] slice: an elliptic head (scalp ring, grey brain) with a ventricle darker than the air
     (exact 0), and Rician-like noise of `noise` outside. Returns (slice, true head)."""
     y, x = np.mgrid[:SIZE, :SIZE]
     radius = ((y - 48) / 38) ** 2 + ((x - 48) / 32) ** 2
     head = radius < 1
-    image = np.where(radius < 0.8, 0.5, np.where(head, 0.9, 0.0))
+    image = np.where(radius < 0.8, 0.5, np.where(head, scalp, 0.0))
     image[VENTRICLE] = 0.0
     rng = np.random.default_rng(seed)
     air = np.hypot(rng.normal(0, noise, image.shape), rng.normal(0, noise, image.shape))
     return np.where(head, image, air).astype(np.float32), head
+
+
+def zero_filled(unit: np.ndarray, width: int = 4) -> np.ndarray:
+    """The slice with a frame of exact zeros at its border, as a raw scan resampled or padded onto a larger grid."""
+    framed = np.zeros_like(unit)
+    framed[width:-width, width:-width] = unit[width:-width, width:-width]
+    return framed
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.03], ids=["skull_stripped", "noisy"])
@@ -56,6 +75,24 @@ def test_air_is_border_connected_background_and_keeps_a_dark_ventricle(noise):
     np.testing.assert_array_equal(air, reference_air(unit))
 
 
+def test_a_noise_band_inside_zero_fill_is_air():
+    """A raw scan padded with zeros (IXI, BrainWeb): the noise between the fill and the head is air too."""
+    noisy, head = head_phantom(0.01)
+    unit = zero_filled(noisy)
+    air = masks.air_mask(unit)
+    assert air[~head].mean() > 0.95  # the noise band too, not only the exact zeros (about a quarter of the air here)
+    assert not air[head].any() and not air[VENTRICLE].any()
+    np.testing.assert_array_equal(air, reference_air(unit))
+
+
+@pytest.mark.parametrize("scalp", [0.06, 0.9])
+def test_zero_fill_that_meets_tissue_keeps_only_the_zeros(scalp):
+    """Skull-stripped data: the tissue next to the fill (as dark as 0.06, like the dimmest BraTS T2 edge) is
+    not noise, so the level stays 0 and the air is exactly the border-connected zeros."""
+    unit, head = head_phantom(0.0, scalp=scalp)
+    np.testing.assert_array_equal(masks.air_mask(unit), ~head)
+
+
 def test_no_air_when_the_head_fills_the_border():
     """A slice cropped inside the head: dark CSF touching the border is tissue, not air."""
     unit = np.full((40, 40), 0.6, np.float32)
@@ -67,10 +104,18 @@ def test_no_air_when_the_head_fills_the_border():
 def test_in_graph_air_mask_equals_numpys_bit_for_bit(seed):
     t1, t2 = phantom.paired_test(2, seed)
     in_graph = tf.function(serving.air_mask)
-    for image in (*t1, *t2, head_phantom(0.03, seed)[0]):
+    noisy = head_phantom(0.03, seed)[0]
+    for image in (*t1, *t2, noisy, zero_filled(noisy), head_phantom(0.0, seed, scalp=0.06)[0]):
         unit = preprocess.normalize(image)
         for shape in (unit, np.pad(unit, ((3, 20), (0, 9))), unit[:70, 30:]):
             np.testing.assert_array_equal(in_graph(tf.constant(shape)).numpy(), masks.air_mask(shape))
+
+
+def test_in_graph_air_mask_compiles_with_xla():
+    """Training on a GPU compiles the step, --train_air_mask's air mask included, with XLA (static shapes)."""
+    unit = preprocess.normalize(zero_filled(head_phantom(0.01)[0]))
+    compiled = tf.function(serving.air_mask, jit_compile=True)
+    np.testing.assert_array_equal(compiled(tf.constant(unit)).numpy(), masks.air_mask(unit))
 
 
 def test_auto_head_mask_covers_the_head_and_not_the_air():
@@ -131,3 +176,24 @@ def test_missing_mask_file_and_mismatched_mask_are_one_line_errors(tmp_path, wri
         datasets.test_pairs(spec_one, mask_path=str(tmp_path / "flat"))
     for error in (missing, unmatched, mismatched):
         assert "\n" not in str(error.value)
+
+
+def test_real_scans_noise_band_is_air_and_skull_stripped_air_is_the_zeros(shared_data):
+    """IXI002's T1 and a BrainWeb T1 slice are raw scans padded with zeros: their noise band is air too, and the
+    head (the auto mask) keeps every pixel. The BraTS case is skull-stripped: its air stays exactly the
+    border-connected zeros on every slice."""
+    raw = [shared_data / "ixi002-slice90" / "IXI002-Guys-0828-T1_slice90.nii.gz",
+           sorted((shared_data / "mri-t1t2-slices" / "Tr1" / "TrainT1").glob("*.png"))[0]]
+    for path in raw:
+        (volume,) = readers.read_file(str(path))
+        unit = preprocess.normalize(volume.data)[0]  # (slices, height, width), one slice
+        air, head = masks.air_mask(unit), masks.head_mask(unit)
+        zeros = masks.border_connected(unit <= 0)
+        assert air[~head].mean() > zeros[~head].mean() + 0.05, path.name  # more than the zero fill
+        assert not (air & head).any(), path.name
+    brats = shared_data / "brats" / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t2w.nii.gz"
+    (volume,) = readers.read_file(str(brats))
+    units = preprocess.normalize(volume.data)
+    for index, unit in enumerate(units):
+        if unit.any():
+            np.testing.assert_array_equal(masks.air_mask(unit), masks.border_connected(unit <= 0), f"slice {index}")
