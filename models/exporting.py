@@ -205,9 +205,9 @@ def card(direction: str, generator: tf.keras.Model, step: int, checkpoint: str, 
         "air_mask": {"translate_raw": air_mask, "serving_default": False,
                      "rule": "translated_unit (and translated) set to 0 where the input slice is air: pixels at or "
                              "below the background level (median of the border pixels + 6 median absolute "
-                             "deviations, at most 0.1; no air when the border median is above 0.05; when that level "
-                             "is 0, the 95th percentile of the ring of pixels just inside the border-connected zero "
-                             "fill, at most 0.1, if the ring's median is at most 0.025) and 4-connected to the "
+                             "deviations, between 0.03 and 0.1; no air when the border median is above 0.05; "
+                             "exactly 0 when the border is zero fill and the ring of pixels just inside it has a "
+                             "median above 0.025, i.e. is tissue: skull-stripped data) and 4-connected to the "
                              "border" if air_mask else "off: the raw network output everywhere (export.py "
                              "--air_mask=false)"},
         "training_flags": training_flags,

@@ -124,21 +124,18 @@ def border_connected(candidate: tf.Tensor) -> tf.Tensor:
 
 
 def air_mask(unit: tf.Tensor) -> tf.Tensor:
-    """data/masks.air_mask in the graph, bit for bit: the border's median (+ 6 MADs, capped) is the background level,
-    or, when that is 0, a high percentile of the ring inside the zero fill if the ring is dark; the pixels at or
-    below the level that are 4-connected to the border are air."""
+    """data/masks.air_mask in the graph, bit for bit: the border's median + 6 MADs, between the minimum and maximum
+    level, or exactly 0 when the border is zero fill that meets tissue (a bright ring just inside the fill); the
+    pixels at or below the level that are 4-connected to the border are air."""
     border = tf.concat([unit[0], unit[-1], unit[1:-1, 0], unit[1:-1, -1]], axis=0)
     median = percentile(border, 50.0)
     level = tf.minimum(median + masks.AIR_MAD_FACTOR * percentile(tf.abs(border - median), 50.0), masks.AIR_MAX_LEVEL)
-    fill = border_connected(unit <= level)
+    fill = border_connected(unit <= level)  # the zero fill when the level is 0
     ring = four_neighbours(fill) & ~fill
-
-    def ring_level():
-        dark = masked_percentile(unit, ring, 50.0) <= masks.AIR_RING_MAX_MEDIAN
-        return tf.where(dark, tf.minimum(masked_percentile(unit, ring, masks.AIR_RING_PERCENTILE),
-                                         masks.AIR_MAX_LEVEL), level)
-
-    level = tf.cond((level <= 0) & tf.reduce_any(ring), ring_level, lambda: level)
+    raw = tf.cond(tf.equal(level, 0.0) & tf.reduce_any(ring),
+                  lambda: masked_percentile(unit, ring, 50.0) <= masks.AIR_RING_MAX_MEDIAN,
+                  lambda: tf.not_equal(level, 0.0))
+    level = tf.where(raw, tf.maximum(level, masks.AIR_MIN_LEVEL), level)
     air = tf.cond(tf.reduce_any(ring & (unit <= level)), lambda: border_connected(unit <= level), lambda: fill)
     return air & (median <= masks.AIR_MAX_MEDIAN)
 
