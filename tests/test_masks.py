@@ -119,7 +119,8 @@ def test_in_graph_air_mask_equals_numpys_bit_for_bit(seed):
     in_graph = tf.function(serving.air_mask)
     noisy, head = head_phantom(0.03, seed)
     quiet = with_halo(head_phantom(0.005, seed)[0], head)
-    for image in (*t1, *t2, noisy, zero_filled(noisy), quiet, zero_filled(quiet), head_phantom(0.0, seed, scalp=0.06)[0]):
+    skull_stripped = head_phantom(0.0, seed, scalp=0.06)[0]
+    for image in (*t1, *t2, noisy, zero_filled(noisy), quiet, zero_filled(quiet), skull_stripped):
         unit = preprocess.normalize(image)
         for shape in (unit, np.pad(unit, ((3, 20), (0, 9))), unit[:70, 30:]):
             np.testing.assert_array_equal(in_graph(tf.constant(shape)).numpy(), masks.air_mask(shape))
