@@ -5,7 +5,7 @@ r"""Translates T1 <-> T2 brain MRI with a trained generator, back into the input
 
 --input is a file, a folder (searched recursively; DICOM files grouped into series) or a glob.
 NIfTI -> NIfTI (same shape, affine and header), DICOM series -> a new DICOM series, PNG/TIFF/JPEG
--> 16-bit PNG. The work is in models/translation.py; behaviour per format: docs/translate.md.
+-> 16-bit PNG; --output_format=dicom writes NIfTI volumes as DICOM series too. The work is in models/translation.py; behaviour per format: docs/translate.md.
 Synthetic images are for research and education, never for diagnosis.
 """
 
@@ -29,6 +29,10 @@ flags.DEFINE_string("model", None, "An exported SavedModel folder (export.py), u
                     "--logdir; when its card <folder>.json is there, it must name --direction.")
 flags.DEFINE_string("checkpoint", None, "A checkpoint to use instead of the newest in --logdir, e.g. "
                     "runs/x/checkpoints/ckpt-1200 or a weights-only snapshot runs/x/weights/ckpt-1200.")
+flags.DEFINE_enum("output_format", "input", list(translation.OUTPUT_FORMATS),
+                  "input: each volume in its own format (NIfTI, DICOM series, 16-bit PNG); dicom: NIfTI volumes "
+                  "as DICOM series too (a folder <stem>/ of IM0001.dcm, ... on the file's grid). Images cannot be "
+                  "written as DICOM (no patient geometry).")
 flags.DEFINE_bool("overwrite", False, "Allow writing a translation over its input file (refused otherwise).")
 flags.DEFINE_integer("batch_size", 8, "Slices per network call.", lower_bound=1)
 flags.DEFINE_bool("air_mask", True, "Write 0 where the input is air (background connected to the image border); "
@@ -43,7 +47,8 @@ def main(argv):
     try:
         count = translation.translate(FLAGS.direction, FLAGS.input, FLAGS.output, FLAGS.model, FLAGS.logdir,
                                       FLAGS.on_bad_file, FLAGS.min_foreground, FLAGS.batch_size,
-                                      air_mask=FLAGS.air_mask, checkpoint=FLAGS.checkpoint, overwrite=FLAGS.overwrite)
+                                      air_mask=FLAGS.air_mask, checkpoint=FLAGS.checkpoint, overwrite=FLAGS.overwrite,
+                                      output_format=FLAGS.output_format)
     except (readers.BadFileError, OSError, ValueError) as error:
         sys.exit(f"error: {' '.join(str(error).split())}")
     logging.info("translated %d volume(s) %s into %s", count, FLAGS.direction, FLAGS.output)

@@ -20,6 +20,8 @@ from models.directions import DIRECTIONS
 TIMED_PARTS = ("reading", "model loading", "preprocessing", "network", "writing")
 # An output names a file (not a folder) when it ends in one of these; the input must then be one such volume.
 FILE_OUTPUT_SUFFIXES = {"nifti": readers.NIFTI_SUFFIXES, "image": (".png",)}
+# --output_format: "input" writes each volume in its own format; "dicom" writes NIfTI volumes as DICOM series too.
+OUTPUT_FORMATS = ("input", "dicom")
 
 
 def translate_volume(generator: inference.Generator, volume: readers.Volume, min_foreground: float,
@@ -60,14 +62,22 @@ def translate_volume(generator: inference.Generator, volume: readers.Volume, min
     return unit, len(slices)
 
 
-def output_paths(volumes: list[readers.Volume], input_spec: str, output: str, overwrite: bool = False) -> list[str]:
+def output_paths(volumes: list[readers.Volume], input_spec: str, output: str, overwrite: bool = False,
+                 output_format: str = "input") -> list[str]:
     """Where each volume's translation goes (a folder for a DICOM series); refuses collisions, an output folder
-    that is a file or lies inside the input folder, and overwriting an input unless `overwrite`.
+    that is a file or lies inside the input folder, overwriting an input unless `overwrite`, and volumes that
+    cannot be written as DICOM when they would be (`writers.dicom_refusal`).
 
     A folder `output` mirrors the inputs' paths relative to `input_spec` (or, for a file or glob,
-    to the folder the inputs share).
+    to the folder the inputs share); a NIfTI written as DICOM becomes the folder named after its stem.
     """
+    for volume in volumes:
+        refusal = writers.dicom_refusal(volume) if output_format == "dicom" or volume.kind == "dicom" else None
+        if refusal:
+            raise ValueError(refusal)
     kinds = {kind for kind, suffixes in FILE_OUTPUT_SUFFIXES.items() if output.lower().endswith(suffixes)}
+    if kinds and output_format == "dicom":
+        raise ValueError(f"--output={output} names a file, but --output_format=dicom writes series; give a folder")
     if kinds:
         if len(volumes) != 1 or volumes[0].kind not in kinds:
             found = ", ".join(sorted({v.kind for v in volumes}))
@@ -80,7 +90,7 @@ def output_paths(volumes: list[readers.Volume], input_spec: str, output: str, ov
         if not os.path.isdir(root):
             root = os.path.commonpath([_source_location(v) if v.kind == "dicom" else os.path.dirname(v.path)
                                        for v in volumes])
-        targets = [os.path.normpath(os.path.join(output, _mirrored_name(v, root))) for v in volumes]
+        targets = [os.path.normpath(os.path.join(output, _mirrored_name(v, root, output_format))) for v in volumes]
     written_from = {}
     for volume, target in zip(volumes, targets):
         if os.path.realpath(target) == os.path.realpath(_source_location(volume)) and not overwrite:
@@ -126,24 +136,32 @@ def _source_location(volume: readers.Volume) -> str:
     return writers.dicom_series_folder(volume) if volume.kind == "dicom" else volume.path
 
 
-def _mirrored_name(volume: readers.Volume, root: str) -> str:
-    """NIfTI and DICOM keep their relative path (a series: its folder's); an image becomes <stem>.png."""
+def _writes_dicom(volume: readers.Volume, output_format: str) -> bool:
+    return volume.kind == "dicom" or (volume.kind == "nifti" and output_format == "dicom")
+
+
+def _mirrored_name(volume: readers.Volume, root: str, output_format: str = "input") -> str:
+    """NIfTI and DICOM keep their relative path (a series: its folder's); an image becomes <stem>.png, and a
+    NIfTI written as DICOM the folder <stem>."""
     relative = os.path.relpath(_source_location(volume), root)
     if volume.kind == "image":
         return os.path.join(os.path.dirname(relative), readers.file_stem(relative) + ".png")
+    if volume.kind == "nifti" and output_format == "dicom":
+        return os.path.join(os.path.dirname(relative), readers.file_stem(relative))
     return relative
 
 
-def write_translation(volume: readers.Volume, unit: np.ndarray, target: str, direction: str) -> None:
+def write_translation(volume: readers.Volume, unit: np.ndarray, target: str, direction: str,
+                      output_format: str = "input") -> None:
     """NIfTI and DICOM get values in the input's intensity scale; images their [0, 1] values as 16-bit PNG."""
     source, result = DIRECTIONS[direction].source, DIRECTIONS[direction].result
     in_input_scale = unit * np.float32(preprocess.intensity_scale(volume.data))
-    if volume.kind == "nifti":
-        writers.write_nifti(volume, in_input_scale, target, f"synthetic {result} from {source} by mri-cyclegan, "
-                                                            "research use only")
-    elif volume.kind == "dicom":
+    if _writes_dicom(volume, output_format):
         writers.write_dicom_series(volume, in_input_scale, target,
                                    f"SYNTHETIC {result} from {source} (mri-cyclegan, research use)")
+    elif volume.kind == "nifti":
+        writers.write_nifti(volume, in_input_scale, target, f"synthetic {result} from {source} by mri-cyclegan, "
+                                                            "research use only")
     elif len(unit) == 1:
         writers.write_png16(unit[0], target)
     else:  # a multi-page TIFF: one PNG per page
@@ -181,7 +199,7 @@ def load_generator(direction: str, model: str | None, logdir: str,
 
 def translate(direction: str, input_spec: str, output: str, model: str | None, logdir: str, on_bad_file: str,
               min_foreground: float, batch_size: int, air_mask: bool = True, checkpoint: str | None = None,
-              overwrite: bool = False) -> int:
+              overwrite: bool = False, output_format: str = "input") -> int:
     """Translates every volume `input_spec` names into `output`; returns how many were written.
 
     Cheap refusals (a card naming the other direction, unreadable inputs, output collisions)
@@ -193,7 +211,7 @@ def translate(direction: str, input_spec: str, output: str, model: str | None, l
     start = time.perf_counter()
     volumes = readers.read_path(input_spec, on_bad_file)
     seconds = {"reading": time.perf_counter() - start}
-    targets = output_paths(volumes, input_spec, output, overwrite)
+    targets = output_paths(volumes, input_spec, output, overwrite, output_format)
     check_writable(output, targets)
     start = time.perf_counter()
     generator = load_generator(direction, model, logdir, checkpoint)
@@ -201,7 +219,7 @@ def translate(direction: str, input_spec: str, output: str, model: str | None, l
     for volume, target in zip(volumes, targets):
         unit, translated_count = translate_volume(generator, volume, min_foreground, batch_size, air_mask, seconds)
         start = time.perf_counter()
-        write_translation(volume, unit, target, direction)
+        write_translation(volume, unit, target, direction, output_format)
         seconds["writing"] = seconds.get("writing", 0.0) + time.perf_counter() - start
         skipped = len(unit) - translated_count
         logging.info("wrote %s from %s%s", target, volume.path,

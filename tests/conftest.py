@@ -4,6 +4,7 @@ import fcntl
 import inspect
 import logging
 import os
+import shutil
 from pathlib import Path
 
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
@@ -36,6 +37,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real MRI test data absent: {SHARED_DATA} (CI provides it at ../shared/data)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def dicom_tools() -> dict[str, str]:
+    """The paths of dciodvfy (dicom3tools) and dcm2niix, or skip where they are absent; with REQUIRE_DICOM_TOOLS=1
+    (.ci/run, which installs them) their absence fails instead, so CI cannot pass without running them."""
+    tools = {name: shutil.which(name) for name in ("dciodvfy", "dcm2niix")}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        message = f"DICOM tools absent: {', '.join(missing)} (apt-get install dicom3tools dcm2niix)"
+        if os.environ.get("REQUIRE_DICOM_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return tools
 
 
 @pytest.fixture

@@ -151,7 +151,7 @@ def write_mr_series(folder: Path, stored: np.ndarray, photometric: str = "MONOCH
         dataset = copy.deepcopy(template)
         dataset.set_pixel_data(pixels.astype(np.uint16), photometric, 16)
         dataset.InstanceNumber = k + 1
-        dataset.ImagePositionPatient = [-83.9063, -91.2, 6.6406 + 0.8 * k]
+        dataset.ImagePositionPatient = [-83.9063, -91.2, round(6.6406 + 0.8 * k, 4)]  # a valid DS: 16 characters at most
         paths.append(folder / f"IM{k:04d}")  # extension-less, as scanners export them
         dataset.save_as(paths[-1], enforce_file_format=True)
     return paths

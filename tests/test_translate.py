@@ -27,6 +27,7 @@ from models.directions import DIRECTIONS
 from models.networks import build_generator
 from rundir.checkpoints import checkpoint_dir
 from tests.helpers import PERMUTED_LPS, ROOT, script, write_png
+from tests.test_dicom_output import FLOAT32_EPS, GRID_TOLERANCE_MM, dcm2niix, dciodvfy_errors
 from tests.test_masks import reference_air
 
 BRATS_T1 = "brats/BraTS-GLI-00001-000/BraTS-GLI-00001-000-t1n.nii.gz"
@@ -257,6 +258,32 @@ def test_dicom_series_with_shuffled_files(standin_run, tmp_path, direction):
     assert len({pydicom.dcmread(tmp_path / "out" / p.name).SeriesInstanceUID for p in sources}) == 1
     (back,) = read_path(str(tmp_path / "out"), on_bad_file="error")  # and the reader puts it in position order
     np.testing.assert_allclose(back.data, expected, atol=slope / 2 + 1e-3)
+
+
+def test_nifti_as_dicom_validates_and_converts_back_onto_its_grid(standin_run, tmp_path, write_nifti, dicom_tools):
+    """--output_format=dicom: a NIfTI becomes an MR series <stem>/ that dciodvfy passes and dcm2niix puts back on
+    the NIfTI's grid, holding G's values; an image, which has no patient geometry, is refused in one line."""
+    volume = np.stack([head_phantom((160, 192)) * (1 + k / 10) for k in range(3)], axis=-1)
+    source = write_nifti(tmp_path / "in" / "sub-01_T1w.nii.gz", volume.astype(np.float32), PERMUTED_LPS)
+    assert_ok(translate(f"--input={source}", f"--output={tmp_path / 'out'}", f"--logdir={standin_run}",
+                        "--output_format=dicom"))
+    series = tmp_path / "out" / "sub-01_T1w"
+    assert sorted(os.listdir(series)) == ["IM0001.dcm", "IM0002.dcm", "IM0003.dcm"]
+    for path in sorted(series.iterdir()):
+        assert dciodvfy_errors(dicom_tools, path) == [], path
+    converted = nib.as_closest_canonical(dcm2niix(dicom_tools, series, tmp_path / "back"))
+    original = nib.as_closest_canonical(nib.load(source))
+    assert converted.shape == original.shape
+    assert np.abs(converted.affine - original.affine).max() <= GRID_TOLERANCE_MM
+    expected = np.moveaxis(expected_translation("t1_to_t2", np.moveaxis(volume, -1, 0)), 0, -1)
+    expected = nib.as_closest_canonical(nib.Nifti1Image(expected, PERMUTED_LPS)).get_fdata()
+    slope = float(pydicom.dcmread(series / "IM0001.dcm").RescaleSlope)
+    tolerance = slope / 2 + np.abs(expected) * FLOAT32_EPS + UNIT_TOLERANCE * preprocess.intensity_scale(volume)
+    assert np.all(np.abs(converted.get_fdata() - expected) <= tolerance)
+
+    image = write_png(tmp_path / "png" / "slice.png", (head_phantom((64, 64)) * 50).astype(np.uint16))
+    assert_one_line_error(translate(f"--input={image}", f"--output={tmp_path / 'png_out'}", f"--logdir={standin_run}",
+                                    "--output_format=dicom"), "slice.png", "no patient geometry")
 
 
 # ---------------------------------------------------------------- images

@@ -78,7 +78,7 @@ def test_dicom_series_round_trip(tmp_path):
             assert out[tag].value == source[tag].value, tag
         assert out.SeriesInstanceUID != source.SeriesInstanceUID
         assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
-        assert list(out.ImageType) == ["DERIVED", "SECONDARY"]
+        assert list(out.ImageType) == ["DERIVED", "SECONDARY", "OTHER"]
         assert out.SeriesDescription == "SYNTHETIC T2w from T1w (test)"
         assert out.SeriesNumber == source.SeriesNumber + 1000
         assert out.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
@@ -152,3 +152,32 @@ def test_png16_round_trip_exact(tmp_path):
         assert image.mode == "I;16" and image.format == "PNG"
         pixels = np.asarray(image)
     np.testing.assert_array_equal(pixels, np.array([[0, 1, 32768], [65535, 65535, 0]], np.uint16))
+
+
+def simpleitk_affine(path: Path) -> np.ndarray:
+    """The voxel-to-RAS affine SimpleITK (ITK's own NIfTI reader, an independent reference) reads from `path`."""
+    sitk = pytest.importorskip("SimpleITK")
+    image = sitk.ReadImage(str(path))
+    affine = np.eye(4)
+    affine[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    affine[:3, 3] = image.GetOrigin()
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # ITK's LPS -> RAS
+
+
+@pytest.mark.parametrize("qform_code, sform_code", [(1, 2), (1, 4), (0, 2), (2, 0), (1, 1)])
+def test_simpleitk_reads_the_output_on_nibabels_grid(tmp_path, qform_code, sform_code):
+    """An input whose qform and sform differ (a registered scan keeps its scanner qform) is read on two grids: ITK
+    prefers the qform unless the sform code is 1, nibabel the sform. The output is read on nibabel's by both."""
+    zooms = (0.9, 1.1, 2.0)
+    image = nib.Nifti1Image(np.arange(5 * 6 * 4, dtype=np.int16).reshape(5, 6, 4), None)
+    image.header.set_qform(np.diag([-0.9, -1.1, 2.0, 1.0]), code=qform_code)
+    sform = np.array([[0, -1.1, 0, 30], [-0.9, 0, 0, 20], [0, 0, 2.0, -10], [0, 0, 0, 1]])  # the zooms, permuted
+    image.header.set_sform(sform, code=sform_code)
+    image.header.set_zooms(zooms)
+    nib.save(image, str(tmp_path / "in.nii.gz"))
+    (volume,) = read_path(str(tmp_path / "in.nii.gz"))
+    write_nifti(volume, volume.data, str(tmp_path / "out.nii.gz"), "synthetic")
+
+    read_with = nib.load(tmp_path / "in.nii.gz").affine
+    np.testing.assert_allclose(nib.load(tmp_path / "out.nii.gz").affine, read_with, atol=1e-6)
+    np.testing.assert_allclose(simpleitk_affine(tmp_path / "out.nii.gz"), read_with, atol=1e-5)
