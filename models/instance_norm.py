@@ -13,7 +13,7 @@ class InstanceNorm(keras.layers.Layer):
     variance in bfloat16/float16 loses most of its digits. A feature map of a
     single pixel (the U-Net's 1x1 bottleneck) has no spatial statistics: its
     normalised value would be 0 for every input, erasing the content, so there
-    the layer applies only its scale and offset (see README, "Architecture").
+    the layer applies only its scale and offset (see docs/training.md, "Architecture and losses").
     """
 
     def __init__(self, epsilon: float = 1e-5, **kwargs):

@@ -60,8 +60,8 @@ class RunConfig:
     cpu_replicas: int = option(1, "Split the CPU into this many logical devices, so that mirrored runs (and is "
                                "tested) without GPUs.", lower=1, resumable=True)
     seed: int = option(0, "Seed for weights, data order, augmentation and pools.", lower=0)
-    deterministic: bool = option(False, "Reproducible runs: TensorFlow op determinism (see README for how exact).",
-                                 resumable=True)
+    deterministic: bool = option(False, "Reproducible runs: TensorFlow op determinism (how exact: "
+                                 "docs/checkpoints.md, Reproducibility).", resumable=True)
     save_every_steps: int | None = option(None, "Also checkpoint every this many steps (always at each epoch's end "
                                           "and on Ctrl-C/SIGTERM).", lower=1, resumable=True)
     keep_checkpoints: int = option(3, "Newest checkpoints kept (each holds the networks, optimizers and pools: about "
