@@ -27,6 +27,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import timing  # noqa: E402
+
 flags.DEFINE_string("cache_root", "/tmp/cache_memory", "Folder of the benchmark's caches.")
 flags.DEFINE_integer("slices", 20_000, "Slices per domain of the large data set.", lower_bound=100)
 flags.DEFINE_integer("batches", 2_000, "Batches drawn per case.", lower_bound=1)
@@ -100,10 +102,12 @@ def run_case(case: str, cache_dir: str, slices: int) -> None:
     iterator = iter(pipeline.unpaired_dataset(slices_a, slices_b, FLAGS.batch_size, seed=0))
     next(iterator)
     before = memory_status()
-    start = time.perf_counter()
-    for _ in range(FLAGS.batches - 1):
-        next(iterator)
-    seconds = time.perf_counter() - start
+
+    def draw():
+        for _ in range(FLAGS.batches - 1):
+            next(iterator)
+
+    seconds = timing.seconds(draw)
     after = memory_status()
     print(" ".join(f"{k}={v}" for k, v in {"before_rss": before["VmRSS"], **after, "seconds": seconds}.items()))
 
@@ -123,7 +127,8 @@ def main(argv):
         write_cache(os.path.join(FLAGS.cache_root, str(slices)), slices)
     command = [sys.executable, os.path.abspath(__file__), f"--cache_root={FLAGS.cache_root}",
                f"--batches={FLAGS.batches}", f"--batch_size={FLAGS.batch_size}"]
-    print(f"\n{FLAGS.batches} batches of {FLAGS.batch_size} slices per domain, no augmentation; "
+    print(f"\n{timing.describe_cpu()}")
+    print(f"{FLAGS.batches} batches of {FLAGS.batch_size} slices per domain, no augmentation; "
           f"python {' '.join(sys.argv)}")
     print(f"{'case':8s} {'slices/domain':>13s} {'peak RSS':>9s} {'RSS before':>10s} {'RSS after':>9s} "
           f"{'anon':>8s} {'file':>8s} {'batches/s':>9s}")

@@ -10,7 +10,6 @@ taken while the write runs, to show what the write costs the steps it overlaps. 
 """
 
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -19,12 +18,14 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import timing  # noqa: E402
+
 flags.DEFINE_integer("repeats", 5, "Timed saves of each kind (the first, untimed one is extra).")
 FLAGS = flags.FLAGS
 
 
 def summary(name: str, seconds: list[float]) -> str:
-    return f"{name} {statistics.median(seconds):.3f} s median, {min(seconds):.3f} min, {max(seconds):.3f} max"
+    return f"{name} {timing.summarize(seconds).format()}"
 
 
 def main(argv):
@@ -34,6 +35,7 @@ def main(argv):
     from training.config import ModelConfig
     from training.cyclegan import CycleGAN
 
+    print(timing.describe_cpu(), flush=True)
     model = CycleGAN(ModelConfig(), total_steps=1000, decay_start=500)
     images = tf.random.stateless_uniform((2, 1, 256, 256, 1), (0, 0), -1.0, 1.0)
     step = tf.function(model.train_step)

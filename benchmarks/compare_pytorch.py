@@ -46,13 +46,13 @@ the same threads: the machine's practical peak for dense float32 work.
 
 import datetime
 import os
-import statistics
 import sys
-import time
 
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import timing  # noqa: E402
 
 FLAGS = flags.FLAGS
 IMAGE_SIZE = 256
@@ -141,9 +141,7 @@ def step_flops(batch: int = 1, size: int = IMAGE_SIZE) -> dict[str, int]:
 
 def warm_up(run) -> float:
     """FLAGS.warmup untimed calls; returns the first one's seconds (tracing, compiling, allocation)."""
-    start = time.perf_counter()
-    run(1)
-    first = time.perf_counter() - start
+    first = timing.seconds(lambda: run(1))
     if FLAGS.warmup > 1:
         run(FLAGS.warmup - 1)
     return first
@@ -155,9 +153,7 @@ def alternate(sides: dict[str, object], per_call: int = 1) -> dict[str, list[flo
     times = {name: [] for name in sides}
     for _ in range(FLAGS.repeats):
         for name, run in sides.items():
-            start = time.perf_counter()
-            run(FLAGS.steps)
-            times[name].append((time.perf_counter() - start) / FLAGS.steps / per_call)
+            times[name].append(timing.seconds(lambda run=run: run(FLAGS.steps)) / FLAGS.steps / per_call)
     return times
 
 
@@ -168,53 +164,29 @@ def fmt(seconds: float) -> str:
 def report(title: str, times: dict[str, list[float]], flops: int | None, peak: float | None,
            first: dict[str, float]) -> None:
     print(f"\n{title}", flush=True)
-    for name, values in times.items():
-        line = (f"  {name:6s} {fmt(statistics.median(values))} median, {fmt(min(values))} min "
-                f"({len(values)} round(s) of {FLAGS.steps}; first warm-up call {first[name]:.1f} s)")
+    summaries = {name: timing.summarize(values) for name, values in times.items()}
+    for name, summary in summaries.items():
+        line = (f"  {name:6s} {fmt(summary.median)} median, {fmt(summary.minimum)} min "
+                f"({summary.count} round(s) of {FLAGS.steps}; first warm-up call {first[name]:.1f} s)")
         if flops:
-            rate = flops / statistics.median(values) / 1e9
-            line += f"; {rate:.1f} GFLOP/s at the median, {flops / min(values) / 1e9:.1f} at the min"
+            rate = flops / summary.median / 1e9
+            line += f"; {rate:.1f} GFLOP/s at the median, {flops / summary.minimum / 1e9:.1f} at the min"
             if peak:
                 line += f" ({100 * rate / peak:.0f}% of the matmul probe)"
         print(line, flush=True)
-    if len(times) == 2:
-        (_, ours), (_, theirs) = times.items()
-        print(f"  ours/theirs: {statistics.median(ours) / statistics.median(theirs):.2f} (median/median), "
-              f"{min(ours) / min(theirs):.2f} (min/min)", flush=True)
+    if len(summaries) == 2:
+        ours, theirs = summaries.values()
+        print(f"  ours/theirs: {ours.median / theirs.median:.2f} (median/median), "
+              f"{ours.minimum / theirs.minimum:.2f} (min/min)", flush=True)
 
 
 def matmul_probe(name: str, multiply) -> float:
     """GFLOP/s of a 4096x4096 float32 matmul (median of FLAGS.probe_repeats after one warm-up)."""
-    multiply()
-    times = []
-    for _ in range(FLAGS.probe_repeats):
-        start = time.perf_counter()
-        multiply()
-        times.append(time.perf_counter() - start)
-    rate = 2 * MATMUL_SIZE ** 3 / statistics.median(times) / 1e9
+    summary = timing.summarize(timing.repeat(multiply, FLAGS.probe_repeats, warmup=1))
+    rate = 2 * MATMUL_SIZE ** 3 / summary.median / 1e9
     print(f"matmul probe ({name}, {MATMUL_SIZE}x{MATMUL_SIZE} float32): {rate:.1f} GFLOP/s "
-          f"(median of {len(times)}, {statistics.median(times):.2f} s each)", flush=True)
+          f"(median of {summary.count}, {summary.median:.2f} s each)", flush=True)
     return rate
-
-
-def machine() -> str:
-    model, flags_line = "unknown", ""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name") and model == "unknown":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags_line:
-                    flags_line = line.split(":", 1)[1]
-    except OSError:
-        pass
-    cpu_flags = set(flags_line.split())
-    amx = sorted(f for f in cpu_flags if f.startswith("amx"))
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"CPU {model}, {os.cpu_count()} logical cores ({usable} usable), "
-            f"AMX: {'yes (' + ' '.join(amx) + ')' if amx else 'no'}, "
-            f"AVX-512: {'yes' if 'avx512f' in cpu_flags else 'no'}"
-            f"{', AVX512_BF16' if 'avx512_bf16' in cpu_flags else ''}")
 
 
 # ---------------------------------------------------------------- main
@@ -243,7 +215,7 @@ def main(argv):
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
     print(f"date {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}", flush=True)
-    print(machine(), flush=True)
+    print(timing.describe_cpu(), flush=True)
     print(f"TensorFlow {tf.__version__}, PyTorch {torch.__version__ if torch else 'not installed'}; threads: "
           f"TensorFlow intra-op {threads}, inter-op {threads}"
           + (f"; torch.set_num_threads({threads}), set_num_interop_threads({threads})" if torch else ""),
@@ -301,10 +273,12 @@ def main(argv):
             from torch.utils.flop_counter import FlopCounterMode
 
             counter = FlopCounterMode(display=False)
-            start = time.perf_counter()
-            with counter:  # the first warm-up step, counted
-                theirs(1)
-            first["theirs"] = time.perf_counter() - start
+
+            def counted_step():  # the first warm-up step, counted
+                with counter:
+                    theirs(1)
+
+            first["theirs"] = timing.seconds(counted_step)
             if FLAGS.warmup > 1:
                 theirs(FLAGS.warmup - 1)
             counted = counter.get_total_flops()

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import io
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -22,6 +21,8 @@ import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import timing  # noqa: E402
 
 flags.DEFINE_string("output_dir", "exported/", "export.py's --output_dir.")
 flags.DEFINE_enum("direction", "t1_to_t2", ["t1_to_t2", "t2_to_t1"], "Which export to time.")
@@ -39,23 +40,15 @@ FLAGS = flags.FLAGS
 
 def seconds_per_call(call) -> tuple[float, list[float]]:
     """The first call's time (tracing, allocation, delegate set-up) and the timed calls after the warm-up."""
-    start = time.perf_counter()
-    call()
-    first = time.perf_counter() - start
-    for _ in range(FLAGS.warmup - 1):
-        call()
-    times = []
-    for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return first, times
+    first = timing.seconds(call)
+    return first, timing.repeat(call, FLAGS.repeats, warmup=FLAGS.warmup - 1)
 
 
 def report(name: str, load_seconds: float, timings: tuple[float, list[float]]) -> None:
     first, times = timings
-    print(f"{name}: {statistics.median(times) * 1e3:.0f} ms/slice median, {min(times) * 1e3:.0f} ms min over "
-          f"{len(times)} calls (load {load_seconds:.1f} s, first call {first:.2f} s)", flush=True)
+    summary = timing.summarize(times)
+    print(f"{name}: {summary.format('ms/slice', scale=1e3, digits=0)} over {summary.count} calls "
+          f"(load {load_seconds:.1f} s, first call {first:.2f} s)", flush=True)
 
 
 def main(argv):
@@ -64,6 +57,7 @@ def main(argv):
 
     from data import phantom, preprocess
 
+    print(timing.describe_cpu(), flush=True)
     t1, t2 = phantom.paired_test(1)
     source = t1[0] if FLAGS.direction == "t1_to_t2" else t2[0]
     image = preprocess.to_network(preprocess.normalize(source))[np.newaxis, ..., np.newaxis]
@@ -98,15 +92,10 @@ def main(argv):
     generator = inference.from_saved_model(os.path.join(FLAGS.output_dir, FLAGS.direction))
     for batch_size in map(int, FLAGS.batch_sizes):
         translate = functools.partial(translation.translate_volume, generator, volume, 0.0, batch_size)
-        times = []
         with contextlib.redirect_stdout(io.StringIO()):  # translate_volume's progress bar
-            translate()
-            for _ in range(FLAGS.volume_repeats):
-                start = time.perf_counter()
-                translate()
-                times.append(time.perf_counter() - start)
-        print(f"translate.py path, --batch_size={batch_size}: {statistics.median(times) / len(t1) * 1e3:.0f} ms/slice "
-              f"median over {len(times)} translations of a {len(t1)}-slice volume", flush=True)
+            summary = timing.summarize(timing.repeat(translate, FLAGS.volume_repeats, warmup=1))
+        print(f"translate.py path, --batch_size={batch_size}: {summary.median / len(t1) * 1e3:.0f} ms/slice "
+              f"median over {summary.count} translations of a {len(t1)}-slice volume", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ excluded; the median and minimum of --repeats timed runs are printed.
 """
 
 import os
-import statistics
 import sys
-import time
 
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import timing  # noqa: E402
 
 flags.DEFINE_list("batch_size", ["1", "8"], "Batch sizes to time (1 is the training default).")
 flags.DEFINE_integer("slices", 2048, "Slices (both domains) per timed run.", lower_bound=2)
@@ -42,7 +42,7 @@ def main(argv):
     t1, t2 = phantom.unpaired_train(32, seed=0)
     slices_a = np.stack([preprocess.normalize(image) for image in t1])
     slices_b = np.stack([preprocess.normalize(image) for image in t2])
-    print(f"CPUs: {os.cpu_count()}, TensorFlow {tf.__version__}")
+    print(f"{timing.describe_cpu()}; TensorFlow {tf.__version__}")
     for batch_size in map(int, FLAGS.batch_size):
         for name, overrides in CONFIGURATIONS.items():
             dataset = pipeline.unpaired_dataset(slices_a, slices_b, batch_size, seed=0,
@@ -51,14 +51,15 @@ def main(argv):
             per_run = FLAGS.slices // (2 * batch_size)
             for _ in range(FLAGS.warmup // (2 * batch_size)):
                 next(iterator)
-            rates = []
-            for _ in range(FLAGS.repeats):
-                start = time.perf_counter()
+
+            def run(iterator=iterator, per_run=per_run):
                 for _ in range(per_run):
                     next(iterator)
-                rates.append(per_run * 2 * batch_size / (time.perf_counter() - start))
-            print(f"batch {batch_size}, {name:62s} median {statistics.median(rates):6.0f} slices/s, "
-                  f"min {min(rates):6.0f}", flush=True)
+
+            rates = timing.summarize([per_run * 2 * batch_size / seconds
+                                      for seconds in timing.repeat(run, FLAGS.repeats)])
+            print(f"batch {batch_size}, {name:62s} median {rates.median:6.0f} slices/s, "
+                  f"min {rates.minimum:6.0f}", flush=True)
 
 
 if __name__ == "__main__":

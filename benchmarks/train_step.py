@@ -11,14 +11,14 @@ printed for each configuration, each in its own process.
 """
 
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import timing  # noqa: E402
 
 flags.DEFINE_list("xla", ["false", "true"], "XLA settings to time.")
 flags.DEFINE_list("precision", ["float32", "mixed_bfloat16"], "Precisions to time.")
@@ -49,20 +49,21 @@ def time_one(xla: bool, precision: str, strategy_name: str) -> None:
     images = tf.data.Dataset.from_tensors(tuple(tf.random.uniform((FLAGS.batch_size, 256, 256, 1), -1, 1, seed=s)
                                                 for s in (1, 2))).repeat()
     a, b = next(iter(strategy.experimental_distribute_dataset(images)))  # each replica's part of the batch
-    start = time.perf_counter()
-    float(step(a, b)["generators/total"])
-    compile_seconds = time.perf_counter() - start
-    float(step(a, b)["generators/total"])  # second warm-up step
-    per_step = []
-    for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
+
+    def one_step():
+        float(step(a, b)["generators/total"])
+
+    def steps():  # FLAGS.steps steps, read back once at the end
         for _ in range(FLAGS.steps):
             out = step(a, b)
         float(out["generators/total"])
-        per_step.append((time.perf_counter() - start) / FLAGS.steps)
-    median = statistics.median(per_step)
+
+    compile_seconds = timing.seconds(one_step)
+    one_step()  # second warm-up step
+    per_step = timing.summarize([seconds / FLAGS.steps for seconds in timing.repeat(steps, FLAGS.repeats)])
+    median = per_step.median
     print(f"strategy={strategy_name} ({replicas} replica(s)) xla={xla} precision={precision} batch={FLAGS.batch_size}: "
-          f"first step (trace+compile) {compile_seconds:.1f} s; {median:.3f} s/step median, {min(per_step):.3f} min "
+          f"first step (trace+compile) {compile_seconds:.1f} s; {per_step.format('s/step')} "
           f"over {FLAGS.repeats}x{FLAGS.steps} steps; {1 / median:.3f} steps/s, {FLAGS.batch_size / median:.2f} images/s",
           flush=True)
 
@@ -71,6 +72,7 @@ def main(argv):
     if FLAGS.child:
         time_one(FLAGS.xla[0] == "true", FLAGS.precision[0], FLAGS.strategy[0])
         return
+    print(timing.describe_cpu(), flush=True)
     for strategy in FLAGS.strategy:
         for precision in FLAGS.precision:
             for xla in FLAGS.xla:  # one process per configuration: precision policy and devices are process-wide
