@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import timing  # noqa: E402
 
 flags.DEFINE_string("cache_root", "/tmp/cache_memory", "Folder of the benchmark's caches.")
-flags.DEFINE_integer("slices", 20_000, "Slices per domain of the large data set.", lower_bound=100)
+flags.DEFINE_integer("slices", 20_000, "Slices per domain of the large data set (at least 100; the small one has a "
+                     "tenth).", lower_bound=1)  # the cases' processes get the small count too: checked in main
 flags.DEFINE_integer("batches", 2_000, "Batches drawn per case.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 4, "Slices per domain per batch.", lower_bound=1)
 flags.DEFINE_integer("timeout", 3_600, "Seconds allowed per case.", lower_bound=1)
@@ -118,6 +119,8 @@ def main(argv):
         run_case(FLAGS.case, os.path.join(FLAGS.cache_root, str(FLAGS.slices)), FLAGS.slices)
         return
     small = FLAGS.slices // 10
+    if small < 10:
+        raise app.UsageError(f"--slices={FLAGS.slices}: at least 100 (the small data set has a tenth)")
     needed = 2 * (FLAGS.slices + small) * 256 * 256 * 2
     os.makedirs(FLAGS.cache_root, exist_ok=True)
     free = shutil.disk_usage(FLAGS.cache_root).free
