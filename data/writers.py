@@ -63,8 +63,8 @@ def write_nifti(volume: readers.Volume, slices: np.ndarray, path: str, descripti
 
     The input header is copied, so shape, affine, qform/sform codes and zooms match, with one
     change (`_qform_as_read`): the qform holds the affine the volume was read with, so readers
-    that prefer the qform (ITK, SimpleITK) see the same grid as nibabel. The data type becomes float32 and nibabel writes no scaling (scl_slope NaN), so values are
-    stored exactly as given. `description` goes to `descrip` (80 characters at most).
+    that prefer the qform (ITK, SimpleITK) see the same grid as nibabel. The data type becomes
+    float32 and nibabel writes no scaling (scl_slope NaN), so values are stored exactly as given. `description` goes to `descrip` (80 characters at most).
     """
     image = volume.meta["image"]
     header = image.header.copy()

@@ -72,7 +72,7 @@ def output_paths(volumes: list[readers.Volume], input_spec: str, output: str, ov
     to the folder the inputs share); a NIfTI written as DICOM becomes the folder named after its stem.
     """
     for volume in volumes:
-        refusal = writers.dicom_refusal(volume) if output_format == "dicom" or volume.kind == "dicom" else None
+        refusal = writers.dicom_refusal(volume) if _writes_dicom(volume, output_format) else None
         if refusal:
             raise ValueError(refusal)
     kinds = {kind for kind, suffixes in FILE_OUTPUT_SUFFIXES.items() if output.lower().endswith(suffixes)}
@@ -137,7 +137,8 @@ def _source_location(volume: readers.Volume) -> str:
 
 
 def _writes_dicom(volume: readers.Volume, output_format: str) -> bool:
-    return volume.kind == "dicom" or (volume.kind == "nifti" and output_format == "dicom")
+    """Whether `volume` is to be written as DICOM (an image never is: output_paths refuses it first)."""
+    return volume.kind == "dicom" or output_format == "dicom"
 
 
 def _mirrored_name(volume: readers.Volume, root: str, output_format: str = "input") -> str:

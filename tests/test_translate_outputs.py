@@ -24,9 +24,9 @@ def inputs(tmp_path):
     return tmp_path / "in"
 
 
-def paths(input_spec, output, overwrite=False):
+def paths(input_spec, output, overwrite=False, output_format="input"):
     volumes = readers.read_path(str(input_spec))
-    return translation.output_paths(volumes, str(input_spec), str(output), overwrite)
+    return translation.output_paths(volumes, str(input_spec), str(output), overwrite, output_format)
 
 
 @contextlib.contextmanager
@@ -128,3 +128,11 @@ def test_the_time_split_puts_the_network_call_under_network(inputs, tmp_path, mo
     seconds = {part: float(value) for part, value in parts.items()}
     assert 0.6 <= seconds["network"] < 0.6 + 1.0  # two slices, batch 1: two calls
     assert seconds["preprocessing"] < 0.3  # no sleep leaked into it
+
+
+def test_dicom_output_goes_to_a_folder_per_nifti_and_never_to_a_file_name(tmp_path, write_nifti):
+    """--output_format=dicom: a NIfTI's series is the folder <stem>/; a --output file name is refused."""
+    source = write_nifti(tmp_path / "in" / "sub-01_T1w.nii.gz", np.ones((4, 4, 2), np.float32))
+    assert paths(source, tmp_path / "out", output_format="dicom") == [str(tmp_path / "out" / "sub-01_T1w")]
+    with pytest.raises(ValueError, match="names a file, but --output_format=dicom writes series"):
+        paths(source, tmp_path / "out.nii.gz", output_format="dicom")
