@@ -52,13 +52,16 @@ def main(argv):
     start = time.perf_counter()
     if os.path.exists(FLAGS.output_dir) and not os.path.isdir(FLAGS.output_dir):  # checked before the slow load
         sys.exit(f"error: --output_dir={FLAGS.output_dir} is a file, not a folder")
+    training_flags = run_flags.load(FLAGS.logdir)
+    if not training_flags:
+        logging.warning("no %s in %s: the checks use the default data flags", run_flags.FLAGFILE, FLAGS.logdir)
+    refusal = exporting.preprocessing_refusal(training_flags, FLAGS.logdir)
+    if refusal:
+        sys.exit(f"error: {refusal}")
     try:
         generators, checkpoint, step = checkpoint_networks(FLAGS.logdir, FLAGS.checkpoint)
     except (FileNotFoundError, ValueError) as error:  # no checkpoint; a damaged one (naming the newest intact)
         sys.exit(f"error: {error}")
-    training_flags = run_flags.load(FLAGS.logdir)
-    if not training_flags:
-        logging.warning("no %s in %s: the checks use the default data flags", run_flags.FLAGFILE, FLAGS.logdir)
     try:
         os.makedirs(FLAGS.output_dir, exist_ok=True)
     except OSError as error:

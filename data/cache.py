@@ -396,7 +396,8 @@ def _file_slices(specs: list[str], spec: datasets.DataSpec, what: str) -> Iterat
                 continue  # read_path has warned about the bad file
             for volume in volumes:
                 found = True
-                for item in datasets.volume_slices(volume, spec.min_foreground):
+                for item in datasets.volume_slices(volume, spec.min_foreground, intensity=spec.intensity,
+                                                   spacing=spec.spacing):
                     count += 1
                     yield item
         if not found:

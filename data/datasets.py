@@ -37,6 +37,16 @@ class DataSpec:
     synthetic_subjects: int = option(128, "Built-in data: synthetic training subjects per domain.", lower=1)
     synthetic_test_subjects: int = option(16, "Built-in data: synthetic paired test subjects.", lower=1)
     synthetic_seed: int = option(0, "Built-in data: seed of the synthetic phantoms.", lower=0)
+    intensity: str = option("percentile", "Per-volume intensity scale: percentile (the 99.5th percentile of the "
+                            "positive voxels maps to 1) or head_median (the head's median maps to 0.35: one tissue "
+                            "scale for skull-on and skull-stripped scans of a cohort; data/preprocess.py). Saved "
+                            "with the run: evaluate.py, translate.py and export.py read the same way.",
+                            choices=preprocess.INTENSITY)
+    spacing: float | None = option(None, "Resample each slice in-plane to this pixel spacing (mm) before the "
+                                   "256x256 canvas, from the scanner geometry, so anatomy has one size across "
+                                   "scanners; slices still larger than the canvas are scaled down. Default: the "
+                                   "files' own pixels. Images (no geometry) keep theirs. Saved with the run.",
+                                   lower=0.1)
     cache_dir: str | None = option(None, "Preprocess the training slices once into this folder and stream them from "
                                    "disk: data sets larger than memory (rebuilt when the data flags or files change).",
                                    resumable=True)
@@ -74,22 +84,34 @@ def _synthetic_slices(images: np.ndarray, contrast: str, first_subject: int, kee
     return out
 
 
-def volume_slices(volume, min_foreground: float, keep_original: bool = False, scale: float | None = None) -> list[Slice]:
-    """A volume's axial slices, normalised per volume (or by `scale`), on the canvas, near-empty ones dropped."""
-    scale = preprocess.intensity_scale(volume.data) if scale is None else scale
+def volume_slices(volume, min_foreground: float, keep_original: bool = False, scale: float | None = None,
+                  intensity: str = "percentile", spacing: float | None = None) -> list[Slice]:
+    """A volume's axial slices, normalised per volume (`intensity`, or by `scale`), on the canvas at `spacing` mm
+    per pixel (None: the file's pixels; images, which have no spacing, always), near-empty ones dropped."""
+    scale = preprocess.intensity_scale(volume.data, intensity) if scale is None else scale
+    zoom = canvas_zoom(volume, spacing)
     out = []
     for index, raw in enumerate(volume.data):
         unit = preprocess.normalize(raw, scale)
         if preprocess.foreground_fraction(unit) < min_foreground:  # of the slice itself, not the padded canvas
             continue
-        canvas, geometry = preprocess.to_canvas(unit)
+        canvas, geometry = preprocess.to_canvas(unit, zoom=zoom)
         out.append(Slice(canvas, geometry, volume.subject, volume.path, index, unit if keep_original else None))
     return out
 
 
+def canvas_zoom(volume, spacing: float | None) -> tuple[float, float]:
+    """The (row, column) resize that puts the volume's slices at `spacing` mm per pixel; (1, 1) for None or images."""
+    native = resample.pixel_spacing(volume) if spacing else None
+    if native is None:
+        return 1.0, 1.0
+    return native[0] / spacing, native[1] / spacing
+
+
 def _file_slices(specs: list[str], spec: DataSpec, what: str, keep_original: bool = False) -> list[Slice]:
     volumes = [v for path in specs for v in readers.read_path(path, spec.on_bad_file)]
-    slices = [s for v in volumes for s in volume_slices(v, spec.min_foreground, keep_original)]
+    slices = [s for v in volumes for s in volume_slices(v, spec.min_foreground, keep_original,
+                                                        intensity=spec.intensity, spacing=spec.spacing)]
     if not slices:
         raise readers.BadFileError(
             f"{what}: no slice with at least {spec.min_foreground:.0%} foreground in {', '.join(specs)}"
@@ -154,14 +176,15 @@ def test_pairs_on_grids(spec: DataSpec, register: str = "world", grids=(0, 1), m
     for volumes in volume_pairs:
         on_grids = _on_grids(volumes, register, grids)
         mask = masks.match_mask(mask_volumes, volumes, len(volume_pairs)) if mask_path else None
-        scales = [preprocess.intensity_scale(v.data) for v in volumes]  # each contrast as acquired
+        scales = [preprocess.intensity_scale(v.data, spec.intensity) for v in volumes]  # each contrast as acquired
         for grid, data in on_grids.items():
             given = masks.mask_on_grid(mask, volumes[grid]) if mask else None
             slices = []
             for volume, contrast_data, scale in zip(volumes, data, scales):
                 on_grid = dataclasses.replace(volume, data=contrast_data)
                 slices.append({s.index: s if given is None else dataclasses.replace(s, mask=given[s.index])
-                               for s in volume_slices(on_grid, spec.min_foreground, True, scale)})
+                               for s in volume_slices(on_grid, spec.min_foreground, True, scale,
+                                                      spacing=spec.spacing)})
             # Keep the slices present in both after the foreground filter.
             out[grid].extend((slices[0][i], slices[1][i]) for i in sorted(slices[0].keys() & slices[1].keys()))
     for grid, pairs in out.items():

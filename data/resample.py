@@ -86,6 +86,14 @@ def _dicom_affine(volume: Volume) -> np.ndarray | None:
     return affine
 
 
+def pixel_spacing(volume: Volume) -> tuple[float, float] | None:
+    """The (row, column) spacing in mm of the volume's axial slices; None without scanner geometry (images)."""
+    affine = axial_affine(volume)
+    if affine is None:
+        return None
+    return float(np.linalg.norm(affine[:3, 1])), float(np.linalg.norm(affine[:3, 2]))
+
+
 def same_grid(fixed: Volume, moving: Volume) -> bool:
     """Same shape and, where both have scanner geometry, the same affine."""
     if fixed.data.shape != moving.data.shape:

@@ -242,6 +242,20 @@ def _move_into_place(staged: str, target: str) -> None:
     os.replace(staged, target)
 
 
+# Data flags the exported translate_raw graph does not compute (it takes a raw slice with no scanner geometry).
+NOT_IN_GRAPH = ("intensity", "spacing")
+
+
+def preprocessing_refusal(training_flags: dict, logdir: str) -> str | None:
+    """Why a run cannot be exported: trained with preprocessing translate_raw would not apply; None when it can."""
+    spec, default = datasets.DataSpec.from_mapping(training_flags), datasets.DataSpec()
+    changed = [f"--{name}={getattr(spec, name)}" for name in NOT_IN_GRAPH if getattr(spec, name) != getattr(default, name)]
+    if not changed:
+        return None
+    return (f"{logdir} was trained with {' '.join(changed)}, which the exported translate_raw (one raw slice, no "
+            f"scanner geometry) does not compute; translate it with translate.py --logdir={logdir}")
+
+
 def export(generators: dict[str, tf.keras.Model], directions: tuple[str, ...], output_dir: str, with_tflite: bool,
            step: int, checkpoint: str, training_flags: dict, air_mask: bool = True) -> list[DirectionExport]:
     """Exports `directions` of a checkpoint's generators into the existing folder `output_dir`.

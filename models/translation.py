@@ -4,6 +4,7 @@ NIfTI and DICOM are written in the input's intensity scale, images as their [0, 
 16-bit PNG; a folder --output mirrors the inputs' relative paths. See docs/translate.md.
 """
 
+import json
 import os
 import tempfile
 import time
@@ -15,6 +16,7 @@ from absl import logging
 from data import datasets, masks, preprocess, readers, writers
 from models import inference
 from models.directions import DIRECTIONS
+from rundir import flagfile
 
 # Where translate() spends its time, logged in this order after the last volume.
 TIMED_PARTS = ("reading", "model loading", "preprocessing", "network", "writing")
@@ -25,13 +27,14 @@ OUTPUT_FORMATS = ("input", "dicom")
 
 
 def translate_volume(generator: inference.Generator, volume: readers.Volume, min_foreground: float,
-                     batch_size: int, air_mask: bool = True, seconds: dict[str, float] | None = None
-                     ) -> tuple[np.ndarray, int]:
+                     batch_size: int, air_mask: bool = True, seconds: dict[str, float] | None = None,
+                     training_data: datasets.DataSpec = datasets.DataSpec()) -> tuple[np.ndarray, int]:
     """The volume's slices translated, in [0, 1] on their original grid, and how many were translated.
 
     Slices with less than `min_foreground` foreground stay 0, and with `air_mask` so does every pixel
     where the source slice is air (data/masks.py): air stays air, where the network would invent texture.
     `seconds` (when given) accumulates the time spent in "preprocessing" and in the "network".
+    `training_data`: the run's data flags, whose --intensity and --spacing the model was trained with.
     """
     seconds = {} if seconds is None else seconds
     clock = time.perf_counter()
@@ -42,7 +45,8 @@ def translate_volume(generator: inference.Generator, volume: readers.Volume, min
         seconds[part] = seconds.get(part, 0.0) + now - clock
         clock = now
 
-    slices = datasets.volume_slices(volume, min_foreground, keep_original=air_mask)
+    slices = datasets.volume_slices(volume, min_foreground, keep_original=air_mask,
+                                    intensity=training_data.intensity, spacing=training_data.spacing)
     unit = np.zeros(volume.data.shape, np.float32)
     progress = tf.keras.utils.Progbar(len(slices), unit_name="slice") if len(volume.data) > 1 else None
     lap("preprocessing")
@@ -153,10 +157,11 @@ def _mirrored_name(volume: readers.Volume, root: str, output_format: str = "inpu
 
 
 def write_translation(volume: readers.Volume, unit: np.ndarray, target: str, direction: str,
-                      output_format: str = "input") -> None:
-    """NIfTI and DICOM get values in the input's intensity scale; images their [0, 1] values as 16-bit PNG."""
+                      output_format: str = "input", intensity: str = "percentile") -> None:
+    """NIfTI and DICOM get values in the input's intensity scale (undoing `intensity`, the run's --intensity);
+    images their [0, 1] values as 16-bit PNG."""
     source, result = DIRECTIONS[direction].source, DIRECTIONS[direction].result
-    in_input_scale = unit * np.float32(preprocess.intensity_scale(volume.data))
+    in_input_scale = unit * np.float32(preprocess.intensity_scale(volume.data, intensity))
     if _writes_dicom(volume, output_format):
         writers.write_dicom_series(volume, in_input_scale, target,
                                    f"SYNTHETIC {result} from {source} (mri-cyclegan, research use)")
@@ -179,6 +184,24 @@ def check_model_direction(model: str, direction: str) -> None:
     elif exported != direction:
         raise ValueError(f"--model={model} translates {exported} (its card {inference.card_path(model)}), "
                          f"not --direction={direction}")
+
+
+def training_data_spec(model: str | None, logdir: str, checkpoint: str | None = None) -> datasets.DataSpec:
+    """The data flags the generator was trained with: from an exported model's card, or the flags saved in the
+    run directory of `checkpoint` (runs/x/checkpoints/ckpt-N: runs/x) or of `logdir`; the defaults without either."""
+    if model:
+        card = inference.card_path(model)
+        saved = {}
+        if os.path.isfile(card):
+            try:
+                with open(card) as f:
+                    saved = json.load(f).get("training_flags") or {}
+            except (OSError, ValueError, AttributeError) as error:
+                raise ValueError(f"{card}: unreadable model card ({type(error).__name__}: {error})") from error
+    else:
+        run = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))) if checkpoint else logdir
+        saved = flagfile.load(run)
+    return datasets.DataSpec.from_mapping(saved)
 
 
 def load_generator(direction: str, model: str | None, logdir: str,
@@ -216,11 +239,13 @@ def translate(direction: str, input_spec: str, output: str, model: str | None, l
     check_writable(output, targets)
     start = time.perf_counter()
     generator = load_generator(direction, model, logdir, checkpoint)
+    training_data = training_data_spec(model, logdir, checkpoint)
     seconds["model loading"] = time.perf_counter() - start
     for volume, target in zip(volumes, targets):
-        unit, translated_count = translate_volume(generator, volume, min_foreground, batch_size, air_mask, seconds)
+        unit, translated_count = translate_volume(generator, volume, min_foreground, batch_size, air_mask, seconds,
+                                                  training_data)
         start = time.perf_counter()
-        write_translation(volume, unit, target, direction, output_format)
+        write_translation(volume, unit, target, direction, output_format, training_data.intensity)
         seconds["writing"] = seconds.get("writing", 0.0) + time.perf_counter() - start
         skipped = len(unit) - translated_count
         logging.info("wrote %s from %s%s", target, volume.path,
