@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README_MAX_LINES = 150
-PAGES = sorted([ROOT / "README.md", ROOT / "BUILD.md", ROOT / "BENCHMARKS.md", *(ROOT / "docs").glob("*.md")])
+PAGES = sorted([ROOT / "README.md", ROOT / "BUILD.md", ROOT / "BENCHMARKS.md", ROOT / "benchmarks" / "README.md",
+                *(ROOT / "docs").glob("*.md")])
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
