@@ -11,6 +11,7 @@ from PIL import Image
 from data import datasets, preprocess, readers
 from models import exporting, translation
 from rundir import flagfile
+from tests.helpers import script
 
 BRAIN, SCALP, SKULL = 100.0, 400.0, 10.0
 
@@ -121,7 +122,12 @@ def test_translation_reads_the_runs_preprocessing_and_writes_back_in_the_inputs_
     assert np.abs(written[1] - np.minimum(image, scale)).mean() < 0.02 * scale
 
 
-def test_export_refuses_runs_whose_preprocessing_translate_raw_does_not_compute():
+def test_export_refuses_runs_whose_preprocessing_translate_raw_does_not_compute(tmp_path):
+    flagfile.save(str(tmp_path), {"intensity": "head_median"})
+    result = script("export.py", f"--logdir={tmp_path}", f"--output_dir={tmp_path / 'out'}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path} was trained with --intensity=head_median")
+    assert not (tmp_path / "out").exists()
     assert exporting.preprocessing_refusal({}, "runs/x") is None
     assert exporting.preprocessing_refusal({"intensity": "percentile"}, "runs/x") is None
     refusal = exporting.preprocessing_refusal({"intensity": "head_median", "spacing": "1.0"}, "runs/x")
