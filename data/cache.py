@@ -55,7 +55,7 @@ from absl import logging
 from nibabel.orientations import io_orientation
 from PIL import Image
 
-from data import datasets, layouts, phantom, preprocess, readers
+from data import datasets, layouts, masks, phantom, preprocess, readers, resample
 
 FORMAT = 1  # bump when the shard or manifest layout changes
 DTYPE = np.dtype("<u2")
@@ -69,7 +69,7 @@ MANIFEST = "manifest.json"
 # Data settings that never change the training slices: the test split, and where the cache lives.
 _NOT_IN_KEY = ("test_a", "test_b", "synthetic_test_subjects", "cache_dir")
 # The modules whose code decides a slice's values: editing one rebuilds every cache.
-_SLICE_CODE = (datasets, layouts, phantom, preprocess, readers)
+_SLICE_CODE = (datasets, layouts, masks, phantom, preprocess, readers, resample)
 _LOCK = ".lock"
 _BUILDING = ".building-"
 _SHARDS = "shards-"
