@@ -20,10 +20,15 @@ RUN = ["--epochs=1", "--steps_per_epoch=2", *QUICK]
 NARROW_TRAIN = os.path.join("tests", "narrow_train.py")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def scans():
-    """Four synthetic subjects' T1 and T2 slices at their raw scale."""
-    return phantom.paired_test(4, seed=5)
+    """Four synthetic subjects' T1 and T2 slices at their raw scale, read-only. Session-scoped, not module-scoped:
+    cheap to make, so this module's process-starting tests need not share one pytest-xdist worker
+    (tests/conftest.py groups the users of module-scoped fixtures)."""
+    slices = phantom.paired_test(4, seed=5)
+    for array in slices:
+        array.setflags(write=False)
+    return slices
 
 
 def to_uint(images: np.ndarray, top: int) -> np.ndarray:
