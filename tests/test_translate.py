@@ -82,7 +82,9 @@ def expected_translation(direction: str, slices: np.ndarray, min_foreground: flo
     return out * scale
 
 
-@pytest.fixture(scope="module")
+# Session-scoped, not module-scoped: made in seconds (at most once per pytest-xdist worker), so that this module's
+# translate.py processes are spread over the workers instead of being grouped on one (tests/conftest.py).
+@pytest.fixture(scope="session")
 def standin_run(tmp_path_factory) -> str:
     """A logdir whose newest checkpoint holds the stand-in G (generator_g) and F (generator_f)."""
     logdir = str(tmp_path_factory.mktemp("standin_run"))
@@ -93,7 +95,7 @@ def standin_run(tmp_path_factory) -> str:
     return logdir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def standin_model(tmp_path_factory) -> str:
     """The stand-in G exported as export.py exports (models/serving.py), without a card."""
     path = str(tmp_path_factory.mktemp("standin_model") / "t1_to_t2")
