@@ -98,9 +98,12 @@ def run_generator(generator, canvas: np.ndarray) -> np.ndarray:
     return np.clip((signed.numpy()[0, ..., 0] + 1) / 2, 0, 1)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def checkpoint_generators(trained_run) -> dict:
-    """The checkpoint's G (T1 -> T2) and F (T2 -> T1), restored by their names in the file, not via models.inference."""
+    """The checkpoint's G (T1 -> T2) and F (T2 -> T1), restored by their names in the file, not via models.inference.
+
+    Session-scoped, not module-scoped: restored in seconds (at most once per pytest-xdist worker), so that this
+    module's evaluate.py processes are spread over the workers instead of being grouped on one (tests/conftest.py)."""
     generator_g, generator_f = build_generator("g"), build_generator("f")
     path = tf.train.latest_checkpoint(os.path.join(trained_run, "checkpoints"))
     tf.train.Checkpoint(generator_g=generator_g, generator_f=generator_f).restore(path).expect_partial() \
