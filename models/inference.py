@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from data import preprocess
 from models.directions import DIRECTIONS
+from rundir import flagfile
 from rundir.checkpoints import checkpoint_dir, checkpoints_newest_first, damage, latest_checkpoint
 
 Generator = Callable[[np.ndarray], np.ndarray]
@@ -24,21 +25,21 @@ def _as_function(network) -> Generator:
     return lambda batch: forward(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
 
-def restore_generators(checkpoint_path: str, filters: int = 64) -> tuple[dict[str, tf.keras.Model], int]:
+def restore_generators(checkpoint_path: str, filters: int | None = None) -> tuple[dict[str, tf.keras.Model], int]:
     """The generators ({direction: model}) and the step of a checkpoint, built without the trainer.
 
     Restores by object: only the generators and the step are built; optimizers, discriminators and
     pools in the file are ignored (expect_partial), so a full checkpoint and a weights-only snapshot
-    both work. `filters` is the networks' width (64: the design). Raises ValueError naming the
+    both work. `filters` is the networks' width (None: the design's). Raises ValueError naming the
     checkpoint with a one-line reason for a damaged one (a missing or truncated file, bad checksums,
     non-finite weights).
     """
-    from models.networks import build_generator  # here, so that loading a SavedModel needs no network code
+    from models.networks import DESIGN_FILTERS, build_generator  # here: loading a SavedModel needs no network code
 
     damaged = damage(checkpoint_path)
     if damaged:
         raise ValueError(f"{checkpoint_path}: unreadable checkpoint ({damaged})")
-    networks = {name: build_generator(d.generator, filters) for name, d in DIRECTIONS.items()}
+    networks = {name: build_generator(d.generator, filters or DESIGN_FILTERS) for name, d in DIRECTIONS.items()}
     step = tf.Variable(0, dtype=tf.int64, name="step")
     objects = {DIRECTIONS[name].generator: network for name, network in networks.items()}
     try:
@@ -54,13 +55,23 @@ def restore_generators(checkpoint_path: str, filters: int = 64) -> tuple[dict[st
     return networks, int(step)
 
 
-def checkpoint_networks(logdir: str, checkpoint_path: str | None = None,
-                        filters: int = 64) -> tuple[dict[str, tf.keras.Model], str, int]:
-    """The Keras generators ({direction: model}) of a run's newest (or the given) checkpoint, its path and step.
+def run_filters(logdir: str, checkpoint_path: str | None = None) -> int | None:
+    """The networks' width the run was trained with: its saved --filters (None, the design's, where it saved none)."""
+    saved = flagfile.load_run(logdir, checkpoint_path).get("filters")
+    try:
+        return int(saved) if saved is not None else None
+    except ValueError:
+        raise ValueError(f"{logdir}: {flagfile.FLAGFILE} has --filters={saved}, not a width") from None
+
+
+def checkpoint_networks(logdir: str, checkpoint_path: str | None = None) -> tuple[dict[str, tf.keras.Model], str, int]:
+    """The Keras generators ({direction: model}) of a run's newest (or the given) checkpoint, its path and step,
+    at the width the run saved (run_filters).
 
     Never falls back silently: when the newest is damaged, the ValueError names it, why, and the newest
     intact one to pass as --checkpoint. Raises FileNotFoundError when the run has no checkpoint.
     """
+    filters = run_filters(logdir, checkpoint_path)
     if checkpoint_path:
         path = as_checkpoint_prefix(checkpoint_path)
         networks, step = restore_generators(path, filters)
@@ -77,7 +88,7 @@ def checkpoint_networks(logdir: str, checkpoint_path: str | None = None,
     return networks, newest, step
 
 
-def _restores(path: str, filters: int) -> bool:
+def _restores(path: str, filters: int | None) -> bool:
     try:
         restore_generators(path, filters)
     except ValueError:
@@ -90,13 +101,12 @@ def as_checkpoint_prefix(path: str) -> str:
     return re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
 
 
-def from_checkpoint(logdir: str, checkpoint_path: str | None = None,
-                    filters: int = 64) -> tuple[dict[str, Generator], int]:
+def from_checkpoint(logdir: str, checkpoint_path: str | None = None) -> tuple[dict[str, Generator], int]:
     """Both generators ({direction: generator}) of a run's newest (or the given) checkpoint, and its step.
 
     Raises as checkpoint_networks does.
     """
-    networks, _, step = checkpoint_networks(logdir, checkpoint_path, filters)
+    networks, _, step = checkpoint_networks(logdir, checkpoint_path)
     return {direction: _as_function(network) for direction, network in networks.items()}, step
 
 

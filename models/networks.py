@@ -12,6 +12,7 @@ keras = tf.keras
 
 IMAGE_SIZE = 256
 CHANNELS = 1
+DESIGN_FILTERS = 64  # the first level's width (train.py's --filters default), which gives the counts below
 GENERATOR_PARAMS = 54_408_833
 DISCRIMINATOR_PARAMS = 2_763_521
 TOTAL_PARAMS = 2 * GENERATOR_PARAMS + 2 * DISCRIMINATOR_PARAMS  # 114,344,708

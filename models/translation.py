@@ -188,7 +188,7 @@ def check_model_direction(model: str, direction: str) -> None:
 
 def training_data_spec(model: str | None, logdir: str, checkpoint: str | None = None) -> datasets.DataSpec:
     """The data flags the generator was trained with: from an exported model's card, or the flags saved in the
-    run directory of `checkpoint` (runs/x/checkpoints/ckpt-N: runs/x) or of `logdir`; the defaults without either."""
+    run directory of `checkpoint` (runs/x/checkpoints/ckpt-N: runs/x), else of `logdir`; the defaults without either."""
     if model:
         card = inference.card_path(model)
         saved = {}
@@ -199,8 +199,7 @@ def training_data_spec(model: str | None, logdir: str, checkpoint: str | None = 
             except (OSError, ValueError, AttributeError) as error:
                 raise ValueError(f"{card}: unreadable model card ({type(error).__name__}: {error})") from error
     else:
-        run = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))) if checkpoint else logdir
-        saved = flagfile.load(run)
+        saved = flagfile.load_run(logdir, checkpoint)
     return datasets.DataSpec.from_mapping(saved)
 
 

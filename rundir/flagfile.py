@@ -48,3 +48,13 @@ def record_changes(logdir: str, step: int, changes: dict[str, tuple[str, str]]) 
         for name, (saved, new) in sorted(changes.items()):
             f.write(f"from step {step}: --{name}={new} (was {saved})\n")
     return path
+
+
+def load_run(logdir: str, checkpoint: str | None = None) -> dict[str, str]:
+    """The saved flags of the run `checkpoint` belongs to (runs/x/checkpoints/ckpt-N or runs/x/weights/...: runs/x),
+    else of `logdir`; {} when neither has any."""
+    if checkpoint:
+        saved = load(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))))
+        if saved:
+            return saved
+    return load(logdir)

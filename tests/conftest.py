@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import QUICK, ROOT, finish_workers, start_workers
+from tests.helpers import NARROW, QUICK, ROOT, finish_workers, start_workers
 
 # Two logical CPU devices, so that the in-process MirroredStrategy tests (--cpu_replicas=2) can run; this must
 # happen before TensorFlow starts its devices. Single-device code places everything on the first one.
@@ -72,33 +72,46 @@ def absl_warnings(caplog):
     return lambda: [r.getMessage() for r in caplog.records if r.name == "absl" and r.levelno >= logging.WARNING]
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory) -> str:
-    """The logdir of a one-step training run on the built-in data, shared by tests that only read it.
+def shared_run(tmp_path_factory, name: str, *flags: str) -> str:
+    """The logdir of a one-step run of train.py on the built-in data, made once per test session: under
+    pytest-xdist the first worker that needs it trains while the others wait on a lock in the folder all workers
+    share, then read the same run.
 
-    Made once per test session: under pytest-xdist the first worker that needs it trains while the others
-    wait on a lock in the folder all workers share, then read the same run.
+    Two train.py processes as the workers of one MultiWorkerMirroredStrategy run (loopback ports), so that every
+    tool is tested on a distributed run's checkpoint (tests/test_distribute.py checks it).
     """
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # <basetemp>/popen-gw0 -> <basetemp>, common to the workers
-    logdir, done = shared / "trained_run", shared / "trained_run.done"
-    with open(shared / "trained_run.lock", "w") as lock:
+    logdir, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.exists():
-            # Two train.py processes as the workers of one MultiWorkerMirroredStrategy run (loopback ports), so
-            # that every tool is tested on a distributed run's checkpoint (tests/test_distribute.py checks it).
             results = finish_workers(start_workers(os.path.join(ROOT, "train.py"), logdir, "--epochs=1",
-                                                   "--steps_per_epoch=1", "--batch_size=2", *QUICK, log_dir=shared),
+                                                   "--steps_per_epoch=1", "--batch_size=2", *QUICK, *flags,
+                                                   log_dir=shared),
                                      timeout=600)
             assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
             done.touch()
     return str(logdir)
 
 
+@pytest.fixture(scope="session")
+def full_size_run(tmp_path_factory) -> str:
+    """A one-step distributed run of the full-size model (114,344,708 parameters), for the tests about it."""
+    return shared_run(tmp_path_factory, "full_size_run")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> str:
+    """A one-step distributed run of the narrow networks (--filters=4, saved in its flags), shared by the tests of
+    the tools that read a run (evaluate.py, translate.py, export.py): they build the width the run saved."""
+    return shared_run(tmp_path_factory, "trained_run", *NARROW)
+
+
 # Fixtures that train or start processes: a test using one belongs to the slow tier.
-SLOW_FIXTURES = {"trained_run", "standin_run", "standin_model", "exported", "references", "run_with_data_dir",
-                 "base_run", "uninterrupted"}
+SLOW_FIXTURES = {"trained_run", "full_size_run", "standin_run", "standin_model", "exported", "references",
+                 "run_with_data_dir", "base_run", "uninterrupted"}
 
 
 def starts_a_process(function, module) -> bool:
@@ -134,29 +147,30 @@ def pytest_collection_modifyitems(config, items):
 
 # Scheduling. pytest-xdist hands out its work units (a group of the module-scoped fixture's users, or one test) in
 # collection order, each to the next worker that runs low, so a long unit that comes late makes one worker finish
-# long after the other. The longest units therefore go first (longest first is within 4/3 of the best split), the
-# export group first of all: its worker makes the session's trained run while the other starts the loop's group,
-# which does not need it, instead of waiting on the trained run's lock. Seconds as measured with --durations on
-# 2 cores (setup included; 2026-12-07); only their order matters, and a unit not listed goes after these.
+# long after the other. The longest units therefore go first (longest first is within 4/3 of the best split).
+# Seconds as measured with --durations on 2 cores (setup included; 2026-12-07, after the tools' tests moved to
+# narrow runs); only their order matters, and a unit not listed goes after these.
 LONG_UNITS = {
-    "tests.test_export": 600,
-    "tests.test_loop": 330,
-    "tests.test_checkpoints": 290,
-    "tests/test_distribute.py::test_a_worker_killed_with_sigkill_then_both_restarted_resume_and_write_one_run": 95,
-    "tests/test_loop.py::test_mixed_float16_run_resumes_exactly": 97,
+    "tests.test_loop": 340,
+    "tests.test_export": 180,
+    "tests.test_checkpoints": 180,
+    "tests/test_distribute.py::test_a_worker_killed_with_sigkill_then_both_restarted_resume_and_write_one_run": 120,
+    "tests/test_checkpoints.py::test_a_background_save_holds_its_steps_state_while_training_goes_on": 110,
+    "tests/test_distribute.py::test_two_full_size_workers_write_one_checkpoint_of_the_design": 100,
+    "tests/test_loop.py::test_mixed_float16_run_resumes_exactly": 96,
+    "tests/test_loop.py::test_two_replicas_of_batch_one_make_the_update_of_one_device_with_batch_two": 83,
     "tests/test_train_script.py::test_sigkill_then_restart_ends_where_the_uninterrupted_run_ends": 80,
-    "tests/test_translate.py::test_real_brats_volume": 73,
-    "tests/test_evaluate.py::test_ixi_layout_on_different_grids_gives_paired_metrics": 70,
-    "tests/test_loop.py::test_training_paths": 66,
-    "tests/test_distribute.py::test_sigterm_on_one_worker_stops_both_at_one_step_with_a_checkpoint": 56,
-    "tests/test_train_data.py::test_dicom_series_and_nifti_volume": 53,
-    "tests/test_loop.py::test_two_replicas_of_batch_one_make_the_update_of_one_device_with_batch_two": 51,
-    "tests/test_loop.py::test_mixed_float16_scales_the_loss_and_unscales_the_gradients": 50,
-    "tests/test_loop.py::test_two_steps_then_a_resume_continues_the_step_and_may_change_only_resumable_flags": 49,
-    "tests/test_loop.py::test_divergence_stops_naming_the_step_without_a_checkpoint": 47,
-    "tests/test_train_data.py::test_png_8_and_16_bit_folders_with_a_corrupt_file": 42,
-    "tests/test_translate.py::test_dicom_series_with_shuffled_files": 40,
-    "tests/test_evaluate.py::test_data_dir_in_each_layout": 40,
+    "tests/test_checkpoints.py::test_a_failed_background_write_is_raised_at_the_next_save_and_set_aside": 76,
+    "tests/test_checkpoints.py::test_the_state_file_names_a_background_checkpoint_only_once_it_is_written": 75,
+    "tests/test_loop.py::test_two_steps_then_a_resume_continues_the_step_and_may_change_only_resumable_flags": 58,
+    "tests/test_distribute.py::test_sigterm_on_one_worker_stops_both_at_one_step_with_a_checkpoint": 58,
+    "tests/test_checkpoints.py::test_weights_snapshots_hold_the_networks_and_step_and_serve_the_tools": 55,
+    "tests/test_training.py::test_one_step_changes_weights": 68,
+    "tests/test_loop.py::test_training_paths": 74,
+    "tests/test_loop.py::test_mixed_float16_scales_the_loss_and_unscales_the_gradients": 46,
+    "tests/test_loop.py::test_cache_dir_trains_on_the_cached_slices": 46,
+    "tests/test_loop.py::test_divergence_stops_naming_the_step_without_a_checkpoint": 45,
+    "tests/test_train_data.py::test_png_8_and_16_bit_folders_with_a_corrupt_file": 39,
 }
 
 

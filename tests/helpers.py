@@ -21,6 +21,9 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERMUTED_LPS = np.array([[0, -0.9, 0, 30], [-1.1, 0, 0, 20], [0, 0, 2.5, -10], [0, 0, 0, 1]])  # oblique-free, axes swapped
+# The same architecture at a sixteenth of its width, for tests not about the full-size model (train.py --filters).
+NARROW_FILTERS = 4
+NARROW = [f"--filters={NARROW_FILTERS}"]
 # Small and fast: few phantom subjects, one summary sample.
 QUICK = ["--synthetic_subjects=6", "--synthetic_test_subjects=2", "--summary_images=1", "--log_every_steps=1",
          "--keep_checkpoints=1"]

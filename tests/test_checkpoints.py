@@ -60,7 +60,7 @@ def rewrite_ckpt_3(logdir, model: CycleGAN, change=lambda checkpoint: None):
 
 def narrow(precision="float32", pool_size=50) -> CycleGAN:
     tf.keras.mixed_precision.set_global_policy(precision)
-    return CycleGAN(ModelConfig(precision=precision, pool_size=pool_size), 3, 3, filters=FILTERS)
+    return CycleGAN(ModelConfig(precision=precision, pool_size=pool_size, filters=FILTERS), 3, 3)
 
 
 def truncate(logdir):
@@ -328,8 +328,8 @@ def test_weights_snapshots_hold_the_networks_and_step_and_serve_the_tools(tmp_pa
     snapshot = tf.train.load_checkpoint(snapshots[0])
     assert snapshot.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 6
     # Read as the tools read it: the generators equal those of the full checkpoint of the same step.
-    from_snapshot, path, step = inference.checkpoint_networks(str(tmp_path), snapshots[0], filters=FILTERS)
-    from_full, _, _ = inference.checkpoint_networks(str(tmp_path), ckpt(tmp_path, 6), filters=FILTERS)
+    from_snapshot, path, step = inference.checkpoint_networks(str(tmp_path), snapshots[0])
+    from_full, _, _ = inference.checkpoint_networks(str(tmp_path), ckpt(tmp_path, 6))
     assert step == 6 and path == snapshots[0]
     for direction in from_full:
         a, b = from_snapshot[direction].get_weights(), from_full[direction].get_weights()
@@ -344,19 +344,34 @@ def test_tools_name_the_damaged_checkpoint_and_the_newest_intact_one(base_run, t
     logdir = copy_run(base_run, tmp_path / "run")
     truncate(logdir)
     with pytest.raises(ValueError) as error:
-        inference.checkpoint_networks(str(logdir), filters=FILTERS)
+        inference.checkpoint_networks(str(logdir))
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(f"{ckpt(logdir, 3)}: unreadable checkpoint ({data_file(logdir, 3)} holds"), message
     assert message.endswith(f"the newest intact one is {ckpt(logdir, 2)}: pass --checkpoint={ckpt(logdir, 2)} "
                             "to use it"), message
     assert os.path.exists(data_file(logdir, 3))  # the tools only read: nothing is set aside
-    _, path, step = inference.checkpoint_networks(str(logdir), ckpt(logdir, 2) + ".index", filters=FILTERS)
+    _, path, step = inference.checkpoint_networks(str(logdir), ckpt(logdir, 2) + ".index")
     assert (path, step) == (ckpt(logdir, 2), 2)
     with pytest.raises(ValueError, match="no intact checkpoint in"):
         for step in (1, 2):
             os.remove(ckpt(logdir, step) + ".index")
-        inference.checkpoint_networks(str(logdir), filters=FILTERS)
+        inference.checkpoint_networks(str(logdir))
+
+
+def test_tools_build_the_width_the_run_saved(base_run, tmp_path):
+    """The run's flags say --filters=4: the tools restore narrow generators, from its logdir or from one of its
+    checkpoints given beside another logdir; a width that is not a number is a one-line error."""
+    narrow_count = CycleGAN(ModelConfig(pool_size=0, filters=FILTERS), 3, 3).generator_g.count_params()
+    networks, _, _ = inference.checkpoint_networks(str(base_run))
+    assert {network.count_params() for network in networks.values()} == {narrow_count}
+    networks, _, step = inference.checkpoint_networks(str(tmp_path), ckpt(base_run, 2))
+    assert step == 2 and networks["t1_to_t2"].count_params() == narrow_count
+    logdir = copy_run(base_run, tmp_path / "run")
+    flags = (logdir / "flags.txt").read_text().replace(f"--filters={FILTERS}\n", "--filters=wide\n")
+    (logdir / "flags.txt").write_text(flags)
+    with pytest.raises(ValueError, match=r"flags.txt has --filters=wide, not a width$"):
+        inference.checkpoint_networks(str(logdir))
 
 
 def test_no_checkpoint_names_the_runs_in_subfolders(base_run, tmp_path):

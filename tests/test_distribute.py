@@ -1,6 +1,6 @@
 """MultiWorkerMirroredStrategy with two worker processes on this machine (TF_CONFIG naming two loopback
 ports): the session's trained run is one (train.py itself, the full-size model, one step; tests/conftest.py);
-preemption and kill -9 run on the narrow networks (tests/narrow_train.py: train.py's command line, filters=4).
+preemption and kill -9 run on the narrow networks (train.py --filters=4).
 
 Every subprocess has a timeout; the workers talk over 127.0.0.1 only.
 """
@@ -20,8 +20,8 @@ from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
 
-RUNNER = os.path.join(ROOT, "tests", "narrow_train.py")
-PLAN = ["--synthetic_subjects=6", "--synthetic_test_subjects=2", "--summary_images=1", "--log_every_steps=1",
+RUNNER = os.path.join(ROOT, "train.py")
+PLAN = [*helpers.NARROW, "--synthetic_subjects=6", "--synthetic_test_subjects=2", "--summary_images=1", "--log_every_steps=1",
         "--batch_size=2", "--deterministic"]
 TIMEOUT = 600
 
@@ -88,14 +88,14 @@ def test_a_worker_killed_with_sigkill_then_both_restarted_resume_and_write_one_r
     assert values["pool_b/images/.ATTRIBUTES/VARIABLE_VALUE"].shape == (50, 256, 256, 1)
 
 
-def test_two_full_size_workers_write_one_checkpoint_of_the_design(trained_run):
-    """The session's trained run is a two-worker run of train.py itself (tests/conftest.py): the chief alone
+def test_two_full_size_workers_write_one_checkpoint_of_the_design(full_size_run):
+    """The session's full-size run is a two-worker run of train.py itself (tests/conftest.py): the chief alone
     wrote one checkpoint series of the full-size model (its count: test_train_script.py), with one pool per
     domain holding both workers' fakes."""
-    logdir = Path(trained_run)
+    logdir = Path(full_size_run)
     assert sorted(os.listdir(logdir / "checkpoints")) == ["checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
     assert len([name for name in os.listdir(logdir) if name.startswith("events.out.tfevents")]) == 1
-    assert sum(helpers.checkpoint_weight_count(trained_run).values()) == 114_344_708
+    assert sum(helpers.checkpoint_weight_count(full_size_run).values()) == 114_344_708
     values = checkpoint_values(logdir)
     assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == 1
     assert values["pool_a/count/.ATTRIBUTES/VARIABLE_VALUE"] == 2 and values["pool_b/count/.ATTRIBUTES/VARIABLE_VALUE"] == 2

@@ -16,7 +16,7 @@ from data import layouts, masks, phantom
 from evaluation import protocol, report
 from models.networks import build_generator
 from rundir import flagfile
-from tests.helpers import checkpoint_step, script, summaries
+from tests.helpers import NARROW_FILTERS, checkpoint_step, script, summaries
 from tests.test_masks import reference_air
 
 DIRECTIONS = ("t1_to_t2", "t2_to_t1")
@@ -100,11 +100,12 @@ def run_generator(generator, canvas: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def checkpoint_generators(trained_run) -> dict:
-    """The checkpoint's G (T1 -> T2) and F (T2 -> T1), restored by their names in the file, not via models.inference.
+    """The checkpoint's G (T1 -> T2) and F (T2 -> T1) at the run's narrow width, restored by their names in the file,
+    not via models.inference.
 
     Session-scoped, not module-scoped: restored in seconds (at most once per pytest-xdist worker), so that this
     module's evaluate.py processes are spread over the workers instead of being grouped on one (tests/conftest.py)."""
-    generator_g, generator_f = build_generator("g"), build_generator("f")
+    generator_g, generator_f = build_generator("g", NARROW_FILTERS), build_generator("f", NARROW_FILTERS)
     path = tf.train.latest_checkpoint(os.path.join(trained_run, "checkpoints"))
     tf.train.Checkpoint(generator_g=generator_g, generator_f=generator_f).restore(path).expect_partial() \
         .assert_existing_objects_matched()

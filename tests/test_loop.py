@@ -13,14 +13,14 @@ import pytest
 import tensorflow as tf
 
 from rundir import flagfile
-from tests.helpers import summaries
+from tests.helpers import NARROW_FILTERS, summaries
 from training import loop
 from training.config import ModelConfig, TrainConfig
 from training.cyclegan import NETWORKS, CycleGAN
 
-FILTERS = 4
+FILTERS = NARROW_FILTERS
 # Two 3-step epochs; the decay starts after epoch 1, so a run extended from 1 to 2 epochs keeps its curve.
-TINY = dict(epochs=2, steps_per_epoch=3, decay_epoch=1, synthetic_subjects=6, synthetic_test_subjects=2,
+TINY = dict(filters=FILTERS, epochs=2, steps_per_epoch=3, decay_epoch=1, synthetic_subjects=6, synthetic_test_subjects=2,
             summary_images=1, log_every_steps=1, keep_checkpoints=10, deterministic=True)
 
 
@@ -29,7 +29,7 @@ def tiny_config(**flags) -> TrainConfig:
 
 
 def train(logdir, **flags) -> int:
-    return loop.train(tiny_config(**flags), str(logdir), filters=FILTERS)
+    return loop.train(tiny_config(**flags), str(logdir))
 
 
 def checkpoint_state(logdir, step=None) -> dict[str, np.ndarray]:
@@ -246,10 +246,11 @@ PREVIOUS_FLAGS_TXT = """--augment_bias_field=0.0
 
 def test_flags_txt_of_the_previous_format_is_read(tmp_path):
     (tmp_path / "flags.txt").write_text(PREVIOUS_FLAGS_TXT)
-    assert TrainConfig.from_values(flagfile.load(str(tmp_path))) == tiny_config(epochs=1)
-    assert loop.flag_changes(str(tmp_path), tiny_config(epochs=1)) == {}
+    previous = tiny_config(epochs=1, filters=64)  # a run from before --filters had the design's width
+    assert TrainConfig.from_values(flagfile.load(str(tmp_path))) == previous
+    assert loop.flag_changes(str(tmp_path), previous) == {}
     with pytest.raises(loop.TrainingError, match="--synthetic_subjects=6 \\(now 7\\)"):
-        loop.flag_changes(str(tmp_path), tiny_config(epochs=1, synthetic_subjects=7))
+        loop.flag_changes(str(tmp_path), previous.replace(synthetic_subjects=7))
 
 
 @pytest.mark.slow
@@ -262,7 +263,7 @@ def test_divergence_stops_naming_the_step_without_a_checkpoint(tmp_path):
 def test_a_parameter_count_other_than_the_design_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(loop, "DESIGN_FILTERS", FILTERS)
     with pytest.raises(loop.TrainingError, match="parameters, the design 114,344,708: models/networks.py changed"):
-        loop.build_model(tiny_config(), loop.Plan(3, 2, 3), filters=FILTERS)
+        loop.build_model(tiny_config(), loop.Plan(3, 2, 3))
 
 
 @pytest.mark.slow
@@ -288,7 +289,7 @@ def narrow_model(precision: str) -> CycleGAN:
     """A narrow CycleGAN whose weights are seeded identically for every precision."""
     tf.keras.mixed_precision.set_global_policy(precision)
     tf.keras.utils.set_random_seed(0)
-    return CycleGAN(ModelConfig(precision=precision, pool_size=0), total_steps=10, decay_start=5, filters=FILTERS)
+    return CycleGAN(ModelConfig(precision=precision, pool_size=0, filters=FILTERS), total_steps=10, decay_start=5)
 
 
 def one_step(model: CycleGAN, seed: int = 1) -> dict[str, float]:
@@ -444,7 +445,7 @@ def one_step_on(strategy_name: str, replicas: int):
     assert strategy.num_replicas_in_sync == replicas
     data = loop.load_data(config)
     with strategy.scope():
-        model, _ = loop.build_model(config, loop.make_plan(config, data), filters=FILTERS)
+        model, _ = loop.build_model(config, loop.make_plan(config, data))
     for name in ("generator_g", "generator_f"):
         for layer in model.network(name)._flatten_layers():
             if isinstance(layer, tf.keras.layers.Dropout):

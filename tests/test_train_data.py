@@ -1,6 +1,6 @@
 """train.py on files: every input format, every --data_dir layout, and bad input without a traceback.
 
-Runs that train go through tests/narrow_train.py (train.py's command line on narrow networks): what is tested
+Runs that train are train.py on the narrow networks (--filters=4): what is tested
 here is the reading of files, not the 114,344,708-parameter model (tests/test_train_script.py has that).
 """
 
@@ -13,11 +13,10 @@ import pytest
 from pydicom.uid import generate_uid
 
 from data import datasets, phantom
-from tests.helpers import QUICK, checkpoint_step, script, write_dicom, write_png
+from tests.helpers import NARROW, QUICK, checkpoint_step, script, write_dicom, write_png
 from tests.test_layouts import documented_split
 
 RUN = ["--epochs=1", "--steps_per_epoch=2", *QUICK]
-NARROW_TRAIN = os.path.join("tests", "narrow_train.py")
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +74,7 @@ def test_png_8_and_16_bit_folders_with_a_corrupt_file(tmp_path, scans):
     (train_a / ".DS_Store").write_bytes(b"\0\1")
     train_b = png_folder(tmp_path / "t2 png16", t2, 65535)
     logdir = tmp_path / "run"
-    result = script(NARROW_TRAIN, f"--train_a={train_a}", f"--train_b={train_b}", f"--logdir={logdir}", *RUN)
+    result = script("train.py", *NARROW, f"--train_a={train_a}", f"--train_b={train_b}", f"--logdir={logdir}", *RUN)
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("W") and "broken.png" in line]
     assert len(warnings) == 1, result.stderr[-3000:]
@@ -92,7 +91,7 @@ def test_dicom_series_and_nifti_volume(tmp_path, scans):
     train_a = dicom_series(tmp_path / "t1 dicom", t1)
     train_b = nifti_volume(tmp_path / "t2.nii.gz", t2, affine=np.diag([-1.0, -1.0, 1.0, 1.0]))
     logdir = tmp_path / "run"
-    result = script(NARROW_TRAIN, f"--train_a={train_a}", f"--train_b={train_b}", f"--logdir={logdir}", *RUN)
+    result = script("train.py", *NARROW, f"--train_a={train_a}", f"--train_b={train_b}", f"--logdir={logdir}", *RUN)
     assert result.returncode == 0, result.stderr[-3000:]
     assert checkpoint_step(str(logdir)) == 2
     assert "train_a: 4 slices from 1 volumes" in result.stderr
@@ -182,6 +181,6 @@ def test_each_layout_is_detected_and_split(tmp_path, scans, layout):
 def test_train_py_with_data_dir(tmp_path, scans):
     root = layout_tree(tmp_path / "bids", "bids", scans)
     logdir = tmp_path / "run"
-    result = script(NARROW_TRAIN, f"--data_dir={root}", f"--logdir={logdir}", *RUN)
+    result = script("train.py", *NARROW, f"--data_dir={root}", f"--logdir={logdir}", *RUN)
     assert result.returncode == 0, result.stderr[-3000:]
     assert checkpoint_step(str(logdir)) == 2

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import QUICK, ROOT, checkpoint_step, checkpoint_weight_count, script, summaries
+from tests.helpers import NARROW, QUICK, ROOT, checkpoint_step, checkpoint_weight_count, script, summaries
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +20,8 @@ PLAN = ["--steps_per_epoch=1", "--decay_epoch=1", "--deterministic", *QUICK]
 
 
 def narrow_train(logdir, *args, **kwargs):
-    """train.py's command line on the narrow networks (tests/narrow_train.py): the process is what is tested."""
-    return script(os.path.join("tests", "narrow_train.py"), f"--logdir={logdir}", *PLAN, *args, **kwargs)
+    """train.py on the narrow networks (--filters=4): the process is what is tested."""
+    return script("train.py", f"--logdir={logdir}", *NARROW, *PLAN, *args, **kwargs)
 
 
 def checkpoint_state(path) -> dict[str, np.ndarray]:
@@ -30,17 +30,18 @@ def checkpoint_state(path) -> dict[str, np.ndarray]:
             if not name.startswith(("save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
 
 
-def test_writes_the_full_size_model_summaries_and_flags(trained_run):
-    assert checkpoint_step(trained_run) == 1
-    counts = checkpoint_weight_count(trained_run)
+def test_writes_the_full_size_model_summaries_and_flags(full_size_run):
+    assert checkpoint_step(full_size_run) == 1
+    counts = checkpoint_weight_count(full_size_run)
     assert counts == {"generator_g": 54_408_833, "generator_f": 54_408_833,
                       "discriminator_x": 2_763_521, "discriminator_y": 2_763_521}
     assert sum(counts.values()) == 114_344_708
-    tags = summaries(trained_run)
+    tags = summaries(full_size_run)
     assert set(tags["loss/generators/total"]) == {1} and tags["t1_to_t2"] == {1: "images"}
-    with open(os.path.join(trained_run, "flags.txt")) as f:
+    with open(os.path.join(full_size_run, "flags.txt")) as f:
         saved = f.read().splitlines()
     assert "--epochs=1" in saved and "--synthetic_subjects=6" in saved and "--pool_size=50" in saved
+    assert "--filters=64" in saved
 
 
 def test_sigkill_then_restart_ends_where_the_uninterrupted_run_ends(tmp_path):
@@ -54,7 +55,7 @@ def test_sigkill_then_restart_ends_where_the_uninterrupted_run_ends(tmp_path):
     uninterrupted, killed = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
     result = narrow_train(uninterrupted, *plan)
     assert result.returncode == 0, result.stderr[-3000:]
-    args = [sys.executable, os.path.join(ROOT, "tests", "narrow_train.py"), f"--logdir={killed}", *PLAN, *plan]
+    args = [sys.executable, os.path.join(ROOT, "train.py"), f"--logdir={killed}", *NARROW, *PLAN, *plan]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     index = os.path.join(killed, "checkpoints", "checkpoint")
     deadline = time.monotonic() + 600

@@ -99,7 +99,7 @@ def test_linear_decay():
 
 @pytest.mark.parametrize("xla", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["graph", "xla"])
 def test_one_step_changes_weights(xla):
-    model = CycleGAN(ModelConfig(pool_size=2), total_steps=10, decay_start=5, filters=4)  # the design, narrow
+    model = CycleGAN(ModelConfig(pool_size=2, filters=4), total_steps=10, decay_start=5)  # the design, narrow
     before = {name: [w.numpy().copy() for w in model.network(name).trainable_weights] for name in NETWORKS}
     real_a = tf.random.uniform((1, 256, 256, 1), -1, 1, seed=1)
     real_b = tf.random.uniform((1, 256, 256, 1), -1, 1, seed=2)
@@ -129,8 +129,7 @@ def head_with_a_dark_ventricle(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("train_air_mask", [True, False])
 def test_train_air_mask_sets_the_fakes_the_discriminators_see_to_air_exactly_where_the_source_is_air(train_air_mask):
-    model = CycleGAN(ModelConfig(pool_size=1, train_air_mask=train_air_mask), total_steps=10, decay_start=5,
-                     filters=4)
+    model = CycleGAN(ModelConfig(pool_size=1, train_air_mask=train_air_mask, filters=4), total_steps=10, decay_start=5)
     (unit_a, head_a), (unit_b, head_b) = head_with_a_dark_ventricle(1), head_with_a_dark_ventricle(2)
     model.train_step(tf.constant(unit_a * 2 - 1)[None, ..., None], tf.constant(unit_b * 2 - 1)[None, ..., None])
     for pool, unit, head in ((model.pool_b, unit_a, head_a), (model.pool_a, unit_b, head_b)):  # G(a) and F(b)
@@ -143,8 +142,8 @@ def test_train_air_mask_sets_the_fakes_the_discriminators_see_to_air_exactly_whe
 
 @pytest.mark.parametrize("step, weight", [(0, 10.0), (2, 5.0), (4, 0.0), (7, 0.0)])
 def test_inversion_prior_pulls_each_translation_toward_its_reversed_source_and_fades_by_the_step(step, weight):
-    model = CycleGAN(ModelConfig(pool_size=1, inversion_prior=10.0, inversion_prior_steps=4), total_steps=10,
-                     decay_start=5, filters=4)
+    model = CycleGAN(ModelConfig(pool_size=1, inversion_prior=10.0, inversion_prior_steps=4, filters=4), total_steps=10,
+                     decay_start=5)
     model.step.assign(step)
     (unit_a, _), (unit_b, _) = head_with_a_dark_ventricle(1), head_with_a_dark_ventricle(2)
     out = model.train_step(tf.constant(unit_a * 2 - 1)[None, ..., None], tf.constant(unit_b * 2 - 1)[None, ..., None])
@@ -159,7 +158,7 @@ def test_inversion_prior_pulls_each_translation_toward_its_reversed_source_and_f
 def test_optimizers_follow_the_global_step():
     """The rate comes from the run's step, not each optimizer's own counter (which a float16
     loss-scale optimizer does not advance on skipped steps)."""
-    model = CycleGAN(ModelConfig(pool_size=0), total_steps=100, decay_start=50, filters=4)
+    model = CycleGAN(ModelConfig(pool_size=0, filters=4), total_steps=100, decay_start=50)
     model.step.assign(75)
     for name in NETWORKS:
         optimizer = model.optimizers[name]
@@ -168,7 +167,7 @@ def test_optimizers_follow_the_global_step():
 
 
 def test_discriminators_learn_at_their_ratio_of_the_generators_rate_on_the_same_schedule():
-    model = CycleGAN(ModelConfig(pool_size=0, discriminator_lr_ratio=4.0), total_steps=100, decay_start=50, filters=4)
+    model = CycleGAN(ModelConfig(pool_size=0, discriminator_lr_ratio=4.0, filters=4), total_steps=100, decay_start=50)
     for step, generators in ((0, 2e-4), (75, 1e-4)):
         model.step.assign(step)
         rates = {name: float(model.optimizers[name].learning_rate) for name in NETWORKS}

@@ -25,8 +25,9 @@ from data.readers import read_path
 from models import serving
 from models.directions import DIRECTIONS
 from models.networks import build_generator
+from rundir import flagfile
 from rundir.checkpoints import checkpoint_dir
-from tests.helpers import PERMUTED_LPS, ROOT, script, write_png
+from tests.helpers import NARROW_FILTERS, PERMUTED_LPS, ROOT, script, write_png
 from tests.test_dicom_output import FLOAT32_EPS, GRID_TOLERANCE_MM, dcm2niix, dciodvfy_errors
 from tests.test_masks import reference_air
 
@@ -41,9 +42,10 @@ UNIT_TOLERANCE = 1e-6
 
 
 def standin_generator(name: str, gain: float) -> tf.keras.Model:
-    """The U-Net with every weight 0 but two: down1 takes the mean of each 2x2 block, +x and -x in two channels;
-    the output layer recombines them as LeakyReLU(a) - LeakyReLU(-a) = 1.2 a and fills the block with it."""
-    network = build_generator(name)
+    """The U-Net (at the narrow width: what it computes does not depend on it) with every weight 0 but two: down1
+    takes the mean of each 2x2 block, +x and -x in two channels; the output layer recombines them as
+    LeakyReLU(a) - LeakyReLU(-a) = 1.2 a and fills the block with it."""
+    network = build_generator(name, NARROW_FILTERS)
     for weight in network.weights:
         weight.assign(tf.zeros_like(weight))
     down = network.get_layer("down1").layers[0]
@@ -51,8 +53,8 @@ def standin_generator(name: str, gain: float) -> tf.keras.Model:
     kernel[1:3, 1:3, 0, 0], kernel[1:3, 1:3, 0, 1] = 0.25, -0.25  # 'same' padding: taps 1, 2 cover rows 2i, 2i+1
     down.kernel.assign(kernel)
     output = network.get_layer("output")
-    kernel = np.zeros(output.kernel.shape, np.float32)  # [4, 4, out 1, in 128]: up7's 64 channels, then down1's
-    kernel[1:3, 1:3, 0, 64], kernel[1:3, 1:3, 0, 65] = gain / 1.2, -gain / 1.2
+    kernel = np.zeros(output.kernel.shape, np.float32)  # [4, 4, out 1, in 2 f]: up7's f channels, then down1's
+    kernel[1:3, 1:3, 0, NARROW_FILTERS], kernel[1:3, 1:3, 0, NARROW_FILTERS + 1] = gain / 1.2, -gain / 1.2
     output.kernel.assign(kernel)
     return network
 
@@ -86,8 +88,10 @@ def expected_translation(direction: str, slices: np.ndarray, min_foreground: flo
 # translate.py processes are spread over the workers instead of being grouped on one (tests/conftest.py).
 @pytest.fixture(scope="session")
 def standin_run(tmp_path_factory) -> str:
-    """A logdir whose newest checkpoint holds the stand-in G (generator_g) and F (generator_f)."""
+    """A logdir whose newest checkpoint holds the stand-in G (generator_g) and F (generator_f), and whose flags say
+    their width."""
     logdir = str(tmp_path_factory.mktemp("standin_run"))
+    flagfile.save(logdir, {"filters": NARROW_FILTERS})
     networks = {DIRECTIONS[d].generator: standin_generator(DIRECTIONS[d].generator, gain)
                 for d, gain in STANDIN_GAINS.items()}
     checkpoint = tf.train.Checkpoint(step=tf.Variable(1, dtype=tf.int64), **networks)

@@ -8,6 +8,7 @@ import dataclasses
 
 from data.augment import AugmentOptions
 from data.datasets import DataSpec
+from models.networks import DESIGN_FILTERS
 from rundir import config
 from rundir.config import option
 
@@ -35,6 +36,10 @@ class ModelConfig:
     inversion_prior_steps: int = option(400, "Steps over which --inversion_prior fades to 0.", lower=1)
     gan_loss: str = option("lsgan", "Adversarial loss: least squares or binary cross-entropy with logits.",
                            choices=("lsgan", "bce"))
+    filters: int = option(
+        DESIGN_FILTERS, "The networks' first-level width: 64 is the design (114,344,708 parameters); a smaller width is the same "
+        "architecture narrowed, for quick experiments and the tests of the tools (evaluate.py, translate.py and "
+        "export.py read it from the run's flags).", lower=1, structural=True)
     pool_size: int = option(50, "Image-history pool size per domain (0 disables).", lower=0, structural=True)
     precision: str = option("float32", "Compute precision (mixed_float16 uses loss scaling).",
                             choices=("float32", "mixed_bfloat16", "mixed_float16"), structural=True)

@@ -32,14 +32,15 @@ def zero_air(outputs: tf.Tensor, air: tf.Tensor | None) -> tf.Tensor:
 class CycleGAN(tf.Module):
     """Everything a checkpoint must hold to resume a run exactly where it stopped.
 
-    `filters` is the networks' first-level width: 64 is the design (114,344,708 parameters); tests of
-    the loop's mechanics use a narrow copy of the same architecture.
+    The networks' width is config.filters: 64 is the design (114,344,708 parameters); tests of the
+    loop's mechanics use a narrow copy of the same architecture.
     """
 
-    def __init__(self, config: ModelConfig, total_steps: int, decay_start: int, seed: int = 0, filters: int = 64):
+    def __init__(self, config: ModelConfig, total_steps: int, decay_start: int, seed: int = 0):
         super().__init__(name="cyclegan")
         self.config = config
-        self._arguments = (config, total_steps, decay_start, seed, filters)
+        self._arguments = (config, total_steps, decay_start, seed)
+        filters = config.filters
         # The same on every replica: each adds 1 and the first replica's value is kept.
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)

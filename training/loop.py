@@ -22,14 +22,13 @@ from absl import logging
 
 from data import cache, datasets, pipeline, preprocess, readers
 from models.directions import DIRECTIONS
-from models.networks import TOTAL_PARAMS
+from models.networks import DESIGN_FILTERS, TOTAL_PARAMS
 from rundir import flagfile
 from training import distribute, summaries
 from training.checkpoints import CheckpointError, Checkpointer
 from training.config import RESUMABLE_FLAGS, STRUCTURAL_FLAGS, TrainConfig
 from training.cyclegan import NETWORKS, CycleGAN, network_air
 
-DESIGN_FILTERS = 64  # the published networks' first-level width: TOTAL_PARAMS parameters
 
 
 class TrainingError(Exception):
@@ -208,12 +207,12 @@ def epoch_batches(config: TrainConfig, data: TrainingData, epoch: int, skip: int
 
 # ---------------------------------------------------------------- model
 
-def build_model(config: TrainConfig, plan: Plan, filters: int = DESIGN_FILTERS) -> tuple[CycleGAN, dict[str, int]]:
+def build_model(config: TrainConfig, plan: Plan) -> tuple[CycleGAN, dict[str, int]]:
     """The CycleGAN and its parameter count per network; the design's width must give TOTAL_PARAMS."""
-    model = CycleGAN(config.model, plan.total_steps, plan.decay_start, config.run.seed, filters)
+    model = CycleGAN(config.model, plan.total_steps, plan.decay_start, config.run.seed)
     counts = {name: model.network(name).count_params() for name in NETWORKS}
     counts["total"] = sum(counts.values())
-    if filters == DESIGN_FILTERS and counts["total"] != TOTAL_PARAMS:
+    if config.model.filters == DESIGN_FILTERS and counts["total"] != TOTAL_PARAMS:
         raise TrainingError(f"the networks have {counts['total']:,} parameters, the design {TOTAL_PARAMS:,}: "
                             f"models/networks.py changed ({counts})")
     return model, counts
@@ -413,7 +412,7 @@ def run_epoch(run: Run, epoch: int, stop: StopRequest) -> dict[str, float]:
     return step_losses
 
 
-def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> int:
+def train(config: TrainConfig, logdir: str) -> int:
     """Trains (or resumes) the run in `logdir` to the planned step; returns the final step.
 
     Raises TrainingError (one line) for what the user can fix, and Stopped after Ctrl-C/SIGTERM.
@@ -435,7 +434,7 @@ def train(config: TrainConfig, logdir: str, filters: int = DESIGN_FILTERS) -> in
 
     # ------------------------------------------------------------ model
     with strategy.scope():  # networks, optimizers, pools and step live on every replica
-        model, param_counts = build_model(config, plan, filters)
+        model, param_counts = build_model(config, plan)
 
     # ------------------------------------------------------------ checkpoint
     checkpointer = Checkpointer(model, logdir if chief else worker_folder(), max_to_keep=config.run.keep_checkpoints,
