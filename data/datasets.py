@@ -181,7 +181,8 @@ def test_pairs_on_grids(spec: DataSpec, register: str = "world", grids=(0, 1), m
             given = masks.mask_on_grid(mask, volumes[grid]) if mask else None
             slices = []
             for volume, contrast_data, scale in zip(volumes, data, scales):
-                on_grid = dataclasses.replace(volume, data=contrast_data)
+                # The grid's geometry, so that a resampled reference goes on the canvas at the source's spacing.
+                on_grid = dataclasses.replace(volume, data=contrast_data, meta=volumes[grid].meta)
                 slices.append({s.index: s if given is None else dataclasses.replace(s, mask=given[s.index])
                                for s in volume_slices(on_grid, spec.min_foreground, True, scale,
                                                       spacing=spec.spacing)})

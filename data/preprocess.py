@@ -104,6 +104,13 @@ def to_canvas(image: np.ndarray, size: int = CANVAS, zoom: tuple[float, float] =
     return canvas, geometry
 
 
+def place_like(image: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """An image of a slice's original size (a mask) on the canvas as `to_canvas` placed the slice, zoom included."""
+    g = geometry
+    canvas, _ = to_canvas(image, zoom=(g.resized_height / g.height, g.resized_width / g.width))
+    return canvas
+
+
 def from_canvas(canvas: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Undo `to_canvas`: crop the padding and resize back to the original grid."""
     g = geometry

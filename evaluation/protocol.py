@@ -57,9 +57,10 @@ def cycle_name(direction: Direction) -> str:
 
 
 def canvas_air(air: np.ndarray, geometry: preprocess.Geometry) -> np.ndarray:
-    """An original-grid air mask placed on the canvas like its slice; the padding is air too."""
-    placed, _ = preprocess.to_canvas(air.astype(np.float32))
-    inside, _ = preprocess.to_canvas(np.ones(air.shape, np.float32))
+    """An original-grid air mask placed on the canvas like its slice (--spacing's zoom included); the padding is
+    air too."""
+    placed = preprocess.place_like(air.astype(np.float32), geometry)
+    inside = preprocess.place_like(np.ones(air.shape, np.float32), geometry)
     return (placed >= 0.5) | (inside == 0)
 
 

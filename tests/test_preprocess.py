@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from data import datasets, preprocess, readers
+from evaluation import protocol
 from models import exporting, translation
 from rundir import flagfile
 from tests.helpers import script
@@ -145,3 +146,31 @@ def test_evaluation_and_training_read_with_the_specs_intensity_and_spacing(tmp_p
     np.testing.assert_allclose(source.original, preprocess.normalize(t1.data[source.index], head_scale), atol=1e-6)
     train_a, _ = datasets.training_slices(spec)
     assert (train_a[0].geometry.resized_height, train_a[0].geometry.resized_width) == (round(128 * 0.8),) * 2
+
+
+def test_a_reference_resampled_onto_the_sources_grid_goes_on_the_canvas_at_the_sources_spacing(tmp_path):
+    """One head (radius 32 mm, a 102.4 mm field) as a T1 of 0.8 mm pixels and a T2 of 0.4 mm pixels: evaluation
+    resamples the T2 onto the T1's grid, and at --spacing=1 both must then fill the same 102-pixel square of the
+    canvas (not the T2's own 0.4 mm pixels' 51), or examples and summaries show the target at half size."""
+    volume(tmp_path, disc_phantom(128, 40, scalp=False), spacing=0.8, name="sub-01_T1w.nii.gz")
+    volume(tmp_path, disc_phantom(256, 80, scalp=False), spacing=0.4, name="sub-01_T2w.nii.gz")
+    spec = datasets.DataSpec(test_a=str(tmp_path / "sub-01_T1w.nii.gz"), test_b=str(tmp_path / "sub-01_T2w.nii.gz"),
+                             spacing=1.0)
+    source, target = datasets.test_pairs(spec)[1]
+    assert target.original.shape == source.original.shape == (128, 128)
+    assert source.geometry == target.geometry
+    assert (source.geometry.resized_height, source.geometry.resized_width) == (102, 102)
+    head_source, head_target = source.image > 0.05, target.image > 0.05
+    assert (head_source & head_target).sum() / (head_source | head_target).sum() > 0.95
+
+
+def test_an_original_grid_mask_goes_on_the_canvas_where_its_zoomed_slice_went():
+    """A 200 x 200 slice at zoom 0.5 fills the canvas's central 100 x 100 (offset 78): its disc of radius 60 pixels
+    becomes a disc of radius 30 about the canvas centre, and so must its mask (evaluation's air on the canvas)."""
+    yy, xx = np.mgrid[:200, :200] - 99.5
+    head = np.hypot(yy, xx) < 60
+    _, geometry = preprocess.to_canvas(head.astype(np.float32), zoom=(0.5, 0.5))
+    air = protocol.canvas_air(~head, geometry)
+    cy, cx = np.mgrid[:256, :256] - 127.5
+    radius = np.hypot(cy, cx)
+    assert not air[radius < 28].any() and air[radius > 32].all()
