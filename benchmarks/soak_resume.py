@@ -47,9 +47,9 @@ STARTUP_KILLS = 0.25  # share of kills during start-up (imports, data, tracing) 
 
 
 def run_flags() -> dict:
-    return dict(filters=FILTERS, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, decay_epoch=1, save_every_steps=1,
-                keep_checkpoints=3, deterministic=True, synthetic_subjects=6, synthetic_test_subjects=2,
-                summary_images=1, log_every_steps=1)
+    return dict(filters=FILTERS, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, decay_epoch=1,
+                save_every_steps=1, keep_checkpoints=3, deterministic=True, synthetic_subjects=6,
+                synthetic_test_subjects=2, summary_images=1, log_every_steps=1)
 
 
 def train_here(logdir: str) -> None:
