@@ -1,6 +1,7 @@
 """MultiWorkerMirroredStrategy with two worker processes on this machine (TF_CONFIG naming two loopback
-ports): the session's trained run is one (train.py itself, the full-size model, one step; tests/conftest.py);
-preemption and kill -9 run on the narrow networks (train.py --filters=4).
+ports): the session's full-size run is one (train.py itself, the full-size model, one step; tests/conftest.py),
+and so is the narrow trained run the tools' tests read; preemption and kill -9 run on the narrow networks
+(train.py --filters=4).
 
 Every subprocess has a timeout; the workers talk over 127.0.0.1 only.
 """
