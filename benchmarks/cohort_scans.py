@@ -17,11 +17,14 @@ head mask (--mask=auto). Metrics go to <run>/eval_cohort/ (or <run>/eval_cohort/
    after rescaling each real image so that the 99th percentile of its central head is 1: the masks' fixed
    thresholds were set on scans whose brightest central tissue is at 1, which a skull-on scan normalised
    to its scalp fat is not;
-3. the scalp band: the mean of the synthetic T2 in the outer band of the head (the head mask minus the head
+3. head SSIM by position: each test subject's slices cut into thirds in slice order (inferior, with the neck
+   and skull base; middle, the ventricles; superior), from metrics.csv, for the baselines and each model;
+4. the scalp band: the mean of the synthetic T2 in the outer band of the head (the head mask minus the head
    mask eroded by BAND_PIXELS) over the real T2's mean there. Far above 1 is the bright scalp band of a model
    that reversed the skull and scalp with the brain.
 """
 
+import csv
 import json
 import os
 import subprocess
@@ -93,6 +96,19 @@ def predictions(output: str, direction: str, sources: list) -> np.ndarray:
                      for name in report.prediction_file_names(sources)])
 
 
+def by_third(output: str, evaluation: str) -> list[float]:
+    """Mean head SSIM of `evaluation`'s slices in metrics.csv, per third of each subject's slices (in slice order,
+    inferior first: the canvases are canonically oriented)."""
+    with open(os.path.join(output, "metrics.csv")) as f:
+        rows = [row for row in csv.DictReader(f) if row["direction"] == evaluation]
+    thirds = [[], [], []]
+    for subject in sorted({row["subject"] for row in rows}):
+        mine = sorted((row for row in rows if row["subject"] == subject), key=lambda row: int(row["slice"]))
+        for position, row in enumerate(mine):
+            thirds[min(2, 3 * position // len(mine))].append(float(row["ssim_fg"]))
+    return [float(np.nanmean(third)) for third in thirds]
+
+
 def outer_band(real: np.ndarray) -> np.ndarray:
     heads = np.stack([masks.head_mask(image) for image in real])
     return heads & ~np.stack([ndimage.binary_erosion(head, iterations=BAND_PIXELS) for head in heads])
@@ -114,6 +130,13 @@ def main(argv):
                 printed.append(baselines)
             print(f"| {direction} | **model: {name}** (step {metrics['checkpoint_step']}) | "
                   + " | ".join(_cell(metrics[direction], c) for c in COLUMNS) + " |")
+
+    print("\n| direction | row | head SSIM, inferior third | middle third | superior third |\n|---|---|---|---|---|")
+    for direction in DIRECTIONS:
+        shown = [(f"{key}/{direction}", title, results[0][2]) for key, title in BASELINES]  # the first run's test set
+        shown += [(direction, f"**model: {name}**", output) for name, _, output, _ in results]
+        for key, title, output in shown:
+            print(f"| {direction} | {title} | " + " | ".join(f"{v:.3f}" for v in by_third(output, key)) + " |")
 
     spec = protocol.data_spec(results[0][3], {})
     on_grids = datasets.test_pairs_on_grids(spec, FLAGS.register)
