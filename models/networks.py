@@ -1,4 +1,5 @@
-"""The CycleGAN's networks: an 8-level U-Net generator and the 70x70 PatchGAN discriminator.
+"""The CycleGAN's networks: an 8-level U-Net generator and the 70x70 PatchGAN discriminator
+(deeper PatchGANs, larger patches, as an option).
 
 Both follow TensorFlow's pix2pix layout with instance norm in place of batch
 norm. The parameter counts are part of the specification (tests/test_models.py).
@@ -12,6 +13,7 @@ keras = tf.keras
 
 IMAGE_SIZE = 256
 CHANNELS = 1
+DESIGN_LAYERS = 3  # the discriminator's stride-2 levels (--discriminator_layers default): 70x70 patches
 DESIGN_FILTERS = 64  # the first level's width (train.py's --filters default), which gives the counts below
 GENERATOR_PARAMS = 54_408_833
 DISCRIMINATOR_PARAMS = 2_763_521
@@ -87,15 +89,18 @@ def build_generator(name: str = "generator", filters: int = 64) -> keras.Model:
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_discriminator(name: str = "discriminator", filters: int = 64) -> keras.Model:
-    """70x70 PatchGAN: one real/fake logit per overlapping 70x70 patch (`filters` as in build_generator)."""
+def build_discriminator(name: str = "discriminator", filters: int = 64, layers: int = DESIGN_LAYERS) -> keras.Model:
+    """PatchGAN: one real/fake logit per overlapping patch, 70x70 with the design's 3 layers (`filters` as in
+    build_generator). `layers` is junyanz's n_layers_D: each one more stride-2 level about doubles the patch
+    (4: 142x142, 5: 286x286), so the judge sees more of a slice at once. The shape comments are the design's."""
     f = filters
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, CHANNELS))  # (bs, 256, 256, 1)
     x = downsample(f, normalize=False, name="down1")(inputs)  # (bs, 128, 128, 64)
-    x = downsample(2 * f, name="down2")(x)  # (bs, 64, 64, 128)
-    x = downsample(4 * f, name="down3")(x)  # (bs, 32, 32, 256)
+    for level in range(1, layers):
+        x = downsample(min(2**level, 8) * f, name=f"down{level + 1}")(x)  # (bs, 64, 64, 128), (bs, 32, 32, 256)
     x = keras.layers.ZeroPadding2D()(x)  # (bs, 34, 34, 256)
-    x = keras.layers.Conv2D(8 * f, 4, strides=1, kernel_initializer=_init(), use_bias=False)(x)  # (bs, 31, 31, 512)
+    x = keras.layers.Conv2D(min(2**layers, 8) * f, 4, strides=1, kernel_initializer=_init(),
+                            use_bias=False)(x)  # (bs, 31, 31, 512)
     x = InstanceNorm()(x)
     x = keras.layers.LeakyReLU(0.2)(x)
     x = keras.layers.ZeroPadding2D()(x)  # (bs, 33, 33, 512)

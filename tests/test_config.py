@@ -34,8 +34,8 @@ def test_one_field_is_a_flag_with_its_bounds_saved_and_reloaded(tmp_path):
 
 
 def test_train_flags_are_the_configs_fields():
-    assert len(FLAG_NAMES) == len(set(FLAG_NAMES)) == 48
-    assert set(STRUCTURAL_FLAGS) == {"filters", "pool_size", "precision"}
+    assert len(FLAG_NAMES) == len(set(FLAG_NAMES)) == 49
+    assert set(STRUCTURAL_FLAGS) == {"filters", "discriminator_layers", "pool_size", "precision"}
     assert set(RESUMABLE_FLAGS) == {"epochs", "decay_epoch", "xla", "deterministic", "save_every_steps",
                                     "keep_checkpoints", "log_every_steps", "summary_images", "strategy",
                                     "cpu_replicas", "profile_steps", "cache_dir", "keep_weights_every_epochs",

@@ -35,6 +35,35 @@ def test_shapes(networks):
     assert discriminator(x).shape == (2, 30, 30, 1)
 
 
+def patchgan_parameters(layers: int, f: int = 64) -> int:
+    """Count by hand: a bias-free 4x4 conv per level (instance norm's scale and offset after all but the first),
+    the stride-1 conv, and the 4x4 conv to one logit with its bias."""
+    widths = [min(2**level, 8) * f for level in range(layers + 1)]
+    count = 16 * 1 * widths[0]
+    for before, after in zip(widths, widths[1:]):
+        count += 16 * before * after + 2 * after
+    return count + 16 * widths[-1] + 1
+
+
+def receptive_field(model: tf.keras.Model) -> int:
+    """Input pixels one output sees, from the model's own convolutions (kernel, stride), last to first."""
+    convs = [layer for layer in model._flatten_layers() if isinstance(layer, tf.keras.layers.Conv2D)]
+    field = 1
+    for conv in reversed(convs):
+        field = (field - 1) * conv.strides[0] + conv.kernel_size[0]
+    return field
+
+
+@pytest.mark.parametrize("layers, patch, logits", [(3, 70, 30), (4, 142, 14), (5, 286, 6)])
+def test_deeper_patchgans(layers, patch, logits):
+    """--discriminator_layers: 3 is the design (70x70 patches); each level more about doubles the patch."""
+    discriminator = build_discriminator(layers=layers)
+    assert discriminator.count_params() == patchgan_parameters(layers)
+    assert receptive_field(discriminator) == patch
+    assert discriminator(tf.zeros((1, 256, 256, 1))).shape == (1, logits, logits, 1)
+    assert patchgan_parameters(3) == DISCRIMINATOR_PARAMS
+
+
 def test_bottleneck_carries_content(networks):
     """The 1x1 bottleneck is affine-only, so changing the input changes what passes through it."""
     generator, _ = networks

@@ -117,6 +117,17 @@ def test_one_step_changes_weights(xla):
     assert all(int(model.optimizers[name].iterations) == 1 for name in NETWORKS)
 
 
+def test_discriminator_layers_deepen_both_discriminators_and_leave_the_generators():
+    model = CycleGAN(ModelConfig(pool_size=0, filters=4, discriminator_layers=4), total_steps=10, decay_start=5)
+    design = CycleGAN(ModelConfig(pool_size=0, filters=4), total_steps=10, decay_start=5)
+    image = tf.zeros((1, 256, 256, 1))
+    for name in ("discriminator_x", "discriminator_y"):
+        assert model.network(name)(image).shape == (1, 14, 14, 1)  # 142x142 patches
+        assert design.network(name)(image).shape == (1, 30, 30, 1)
+    for name in ("generator_g", "generator_f"):
+        assert model.network(name).count_params() == design.network(name).count_params()
+
+
 def head_with_a_dark_ventricle(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A [256, 256] unit phantom (air 0, a textured head, and inside it a ventricle at 0 that touches nothing)
     and its head."""

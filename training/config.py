@@ -8,7 +8,7 @@ import dataclasses
 
 from data.augment import AugmentOptions
 from data.datasets import DataSpec
-from models.networks import DESIGN_FILTERS
+from models.networks import DESIGN_FILTERS, DESIGN_LAYERS
 from rundir import config
 from rundir.config import option
 
@@ -40,6 +40,11 @@ class ModelConfig:
         DESIGN_FILTERS, "The networks' first-level width: 64 is the design (114,344,708 parameters); a smaller width is the same "
         "architecture narrowed, for quick experiments and the tests of the tools (evaluate.py, translate.py and "
         "export.py read it from the run's flags).", lower=1, structural=True)
+    discriminator_layers: int = option(
+        DESIGN_LAYERS, "The PatchGANs' stride-2 levels (junyanz's n_layers_D): 3 is the design's 70x70 patches; 4 judges "
+        "142x142 patches (each discriminator 6,958,849 parameters instead of 2,763,521), 5 286x286; larger patches "
+        "see a slice's anatomy whole (the neck, say) where a small patch may accept tissues in either order.",
+        lower=1, upper=6, structural=True)
     pool_size: int = option(50, "Image-history pool size per domain (0 disables).", lower=0, structural=True)
     precision: str = option("float32", "Compute precision (mixed_float16 uses loss scaling).",
                             choices=("float32", "mixed_bfloat16", "mixed_float16"), structural=True)

@@ -46,8 +46,8 @@ class CycleGAN(tf.Module):
                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.generator_g = build_generator("generator_g", filters)  # T1 -> T2
         self.generator_f = build_generator("generator_f", filters)  # T2 -> T1
-        self.discriminator_x = build_discriminator("discriminator_x", filters)  # judges T1
-        self.discriminator_y = build_discriminator("discriminator_y", filters)  # judges T2
+        self.discriminator_x = build_discriminator("discriminator_x", filters, config.discriminator_layers)  # judges T1
+        self.discriminator_y = build_discriminator("discriminator_y", filters, config.discriminator_layers)  # judges T2
         self.schedule = LinearDecay(config.lr, total_steps, decay_start)
         self.inversion_schedule = LinearDecay(config.inversion_prior, config.inversion_prior_steps, 0)
         self.optimizers = {name: self._optimizer(name) for name in NETWORKS}
