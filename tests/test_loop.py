@@ -266,6 +266,12 @@ def test_a_parameter_count_other_than_the_design_is_a_one_line_error(monkeypatch
         loop.build_model(tiny_config(), loop.Plan(3, 2, 3))
 
 
+def test_deeper_discriminators_are_not_the_design_and_not_an_error(monkeypatch):
+    monkeypatch.setattr(loop, "DESIGN_FILTERS", FILTERS)
+    _, counts = loop.build_model(tiny_config(discriminator_layers=4), loop.Plan(3, 2, 3))
+    assert counts["discriminator_x"] == counts["discriminator_y"] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", [{"gan_loss": "bce", "lambda_identity": 0.0, "pool_size": 0},
                                    {"batch_size": 2, "precision": "mixed_bfloat16"}],

@@ -22,7 +22,7 @@ from absl import logging
 
 from data import cache, datasets, pipeline, preprocess, readers
 from models.directions import DIRECTIONS
-from models.networks import DESIGN_FILTERS, TOTAL_PARAMS
+from models.networks import DESIGN_FILTERS, DESIGN_LAYERS, TOTAL_PARAMS
 from rundir import flagfile
 from training import distribute, summaries
 from training.checkpoints import CheckpointError, Checkpointer
@@ -208,11 +208,12 @@ def epoch_batches(config: TrainConfig, data: TrainingData, epoch: int, skip: int
 # ---------------------------------------------------------------- model
 
 def build_model(config: TrainConfig, plan: Plan) -> tuple[CycleGAN, dict[str, int]]:
-    """The CycleGAN and its parameter count per network; the design's width must give TOTAL_PARAMS."""
+    """The CycleGAN and its parameter count per network; the design's width and depth must give TOTAL_PARAMS."""
     model = CycleGAN(config.model, plan.total_steps, plan.decay_start, config.run.seed)
     counts = {name: model.network(name).count_params() for name in NETWORKS}
     counts["total"] = sum(counts.values())
-    if config.model.filters == DESIGN_FILTERS and counts["total"] != TOTAL_PARAMS:
+    design = config.model.filters == DESIGN_FILTERS and config.model.discriminator_layers == DESIGN_LAYERS
+    if design and counts["total"] != TOTAL_PARAMS:
         raise TrainingError(f"the networks have {counts['total']:,} parameters, the design {TOTAL_PARAMS:,}: "
                             f"models/networks.py changed ({counts})")
     return model, counts
