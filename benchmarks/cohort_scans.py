@@ -21,7 +21,10 @@ head mask (--mask=auto). Metrics go to <run>/eval_cohort/ (or <run>/eval_cohort/
    and skull base; middle, the ventricles; superior), from metrics.csv, for the baselines and each model;
 4. the scalp band: the mean of the synthetic T2 in the outer band of the head (the head mask minus the head
    mask eroded by BAND_PIXELS) over the real T2's mean there. Far above 1 is the bright scalp band of a model
-   that reversed the skull and scalp with the brain.
+   that reversed the skull and scalp with the brain;
+5. bone against CSF, per subject and third, T1 -> T2: the synthetic T2's mean where both real images are dark
+   (bone, air spaces, vessels) over its mean in the CSF (evaluation/ventricles.dark_to_csf, over the whole head),
+   beside the real T2's. Near 1 is a model that makes every dark T1 tissue as bright as CSF.
 """
 
 import csv
@@ -54,6 +57,7 @@ BASELINES = (("baseline_identity", "identity"), ("baseline_histogram", "histogra
              ("baseline_reversed_histogram", "reversed histogram"), ("oracle_intensity_map", "oracle intensity map"))
 COLUMNS = ("ssim", "ssim_fg", "psnr", "psnr_fg")
 BAND_PIXELS = 6  # about 5.5 mm at the test subjects' 0.91 mm pixels
+THIRDS = ("inferior", "middle", "superior")
 
 
 def parse_run(entry: str) -> tuple[str, str, str | None]:
@@ -84,10 +88,11 @@ def unit_rescaled(image: np.ndarray) -> np.ndarray:
     return np.clip(image / np.percentile(image[centre], 99), 0.0, 1.0)
 
 
-def subject_slices(pairs: list, t1_source: str) -> list:
-    """The middle third of the pairs of the test subject whose T1 file is `t1_source` (the lateral ventricles)."""
+def subject_thirds(pairs: list, t1_source: str) -> list[list]:
+    """The pairs of the test subject whose T1 file is `t1_source`, cut into thirds in slice order (inferior first;
+    the middle one holds the lateral ventricles)."""
     mine = [pair for pair in pairs if pair[0].source == t1_source]
-    return mine[len(mine) // 3: 2 * len(mine) // 3]
+    return [mine[i * len(mine) // 3: (i + 1) * len(mine) // 3] for i in range(3)]
 
 
 def predictions(output: str, direction: str, sources: list) -> np.ndarray:
@@ -144,7 +149,7 @@ def main(argv):
     band_rows = []
     for subject_source in sorted({pair[0].source for pair in on_grids[0]}):
         for grid, direction in ((0, "t1_to_t2"), (1, "t2_to_t1")):
-            chosen = subject_slices(on_grids[grid], subject_source)
+            chosen = subject_thirds(on_grids[grid], subject_source)[1]
             t1, t2 = (np.stack([pair[i].original for pair in chosen]) for i in (0, 1))
             csf, white = ventricles.tissue_masks(unit_rescaled(t1), unit_rescaled(t2))
             real = t2 if grid == 0 else t1
@@ -162,6 +167,19 @@ def main(argv):
     print("\n| subject | run | synthetic T2 / real T2 in the head's outer band |\n|---|---|---|")
     for subject, name, ratio in band_rows:
         print(f"| {subject} | {name} | {ratio:.2f} |")
+
+    print("\n| subject | third | real T2 dark/CSF | " + " | ".join(f"{name} dark/CSF" for name, *_ in results)
+          + " |\n|---|---|---|" + "---|" * len(results))
+    for subject_source in sorted({pair[0].source for pair in on_grids[0]}):
+        for third, chosen in zip(THIRDS, subject_thirds(on_grids[0], subject_source)):
+            t1, t2 = (np.stack([pair[i].original for pair in chosen]) for i in (0, 1))
+            units = unit_rescaled(t1), unit_rescaled(t2)
+            head = np.stack([masks.head_mask(a) & masks.head_mask(b) for a, b in zip(*units)])
+            dark, csf = ventricles.dark_tissue_masks(*units, head)
+            cells = [ventricles.dark_to_csf(predictions(output, "t1_to_t2", [pair[0] for pair in chosen]), dark, csf)
+                     for _, _, output, _ in results]
+            print(f"| {os.path.basename(subject_source)} ({dark.sum()} dark, {csf.sum()} CSF pixels) | {third} | "
+                  f"{ventricles.dark_to_csf(t2, dark, csf):.2f} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
 
 
 def _cell(row: dict, column: str) -> str:

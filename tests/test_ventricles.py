@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from data import preprocess
-from evaluation.ventricles import csf_to_white_matter, rank_correlation_with_source, tissue_masks
+from evaluation.ventricles import (csf_to_white_matter, dark_tissue_masks, dark_to_csf, rank_correlation_with_source,
+                                  tissue_masks)
 
 # A 64 x 64 phantom: (T1, T2) per tissue, as the two contrasts order them.
 CSF, WHITE_MATTER, GREY_MATTER = (0.2, 0.95), (0.8, 0.25), (0.5, 0.5)
@@ -54,6 +55,27 @@ def test_no_csf_is_an_error_not_a_nan():
     t1, t2, _, white_matter = phantom()
     with pytest.raises(ValueError, match=r"no CSF \(0 pixels\)"):
         csf_to_white_matter(t2, np.zeros_like(white_matter), white_matter)
+
+
+def test_bone_is_told_from_csf_by_the_real_pair_and_a_bone_brightening_translation_scores_near_1():
+    """A skull ring (dark in both contrasts) round the phantom's brain, air outside it: the dark mask is the ring
+    only (not the air, not the ventricle), and a translation that makes the ring as bright as the CSF is at 1."""
+    t1, t2, csf, _ = phantom()
+    ring = np.zeros((64, 64), bool)
+    ring[8:56, 8:56], ring[10:54, 10:54] = True, False
+    air = np.zeros((64, 64), bool)
+    air[:, :4] = True
+    for mask, value in ((ring, 0.1), (air, 0.0)):
+        t1[mask], t2[mask] = value, value
+    cortex_csf = np.zeros((64, 64), bool)
+    cortex_csf[2:6, 4:] = True  # the phantom's CSF strip, where the air does not cover it
+    dark, found_csf = dark_tissue_masks(t1, t2, ~air)
+    assert np.array_equal(dark, ring) and np.array_equal(found_csf, csf | cortex_csf)
+    assert dark_to_csf(t2, dark, found_csf) == pytest.approx(0.1 / CSF[1])  # a real T2: far below 1
+    bone_as_csf = np.where(ring, CSF[1], t2)
+    assert dark_to_csf(bone_as_csf, dark, found_csf) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"no dark tissue \(0 pixels\)"):
+        dark_to_csf(t2, np.zeros_like(dark), found_csf)
 
 
 def test_on_the_shared_brats_case_real_t2_is_above_3_and_real_t1_below_half(shared_data):
