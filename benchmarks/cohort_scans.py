@@ -24,7 +24,8 @@ head mask (--mask=auto). Metrics go to <run>/eval_cohort/ (or <run>/eval_cohort/
    that reversed the skull and scalp with the brain;
 5. bone against CSF, per subject and third, T1 -> T2: the synthetic T2's mean where both real images are dark
    (bone, air spaces, vessels) over its mean in the CSF (evaluation/ventricles.dark_to_csf, over the whole head),
-   beside the real T2's. Near 1 is a model that makes every dark T1 tissue as bright as CSF.
+   beside the real T2's, and the real T1's median in each (on the network's scale: whether the T1 value alone could
+   tell them apart). Near 1 is a model that makes every dark T1 tissue as bright as CSF.
 """
 
 import csv
@@ -168,8 +169,8 @@ def main(argv):
     for subject, name, ratio in band_rows:
         print(f"| {subject} | {name} | {ratio:.2f} |")
 
-    print("\n| subject | third | real T2 dark/CSF | " + " | ".join(f"{name} dark/CSF" for name, *_ in results)
-          + " |\n|---|---|---|" + "---|" * len(results))
+    print("\n| subject | third | real T1 median, dark / CSF | real T2 dark/CSF | "
+          + " | ".join(f"{name} dark/CSF" for name, *_ in results) + " |\n|---|---|---|---|" + "---|" * len(results))
     for subject_source in sorted({pair[0].source for pair in on_grids[0]}):
         for third, chosen in zip(THIRDS, subject_thirds(on_grids[0], subject_source)):
             t1, t2 = (np.stack([pair[i].original for pair in chosen]) for i in (0, 1))
@@ -179,7 +180,8 @@ def main(argv):
             cells = [ventricles.dark_to_csf(predictions(output, "t1_to_t2", [pair[0] for pair in chosen]), dark, csf)
                      for _, _, output, _ in results]
             print(f"| {os.path.basename(subject_source)} ({dark.sum()} dark, {csf.sum()} CSF pixels) | {third} | "
-                  f"{ventricles.dark_to_csf(t2, dark, csf):.2f} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+                  f"{np.median(t1[dark]):.3f} / {np.median(t1[csf]):.3f} | {ventricles.dark_to_csf(t2, dark, csf):.2f} | "
+                  + " | ".join(f"{c:.2f}" for c in cells) + " |")
 
 
 def _cell(row: dict, column: str) -> str:
