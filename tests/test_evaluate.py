@@ -168,9 +168,15 @@ def read_png(path) -> np.ndarray:
 # ------------------------------------------------------------------ the run's own synthetic test split
 
 
-def test_defaults_evaluate_the_runs_synthetic_test_split(trained_run, checkpoint_generators):
-    result = evaluate("--metrics", ALL_METRICS, f"--logdir={trained_run}")
-    output_dir = os.path.join(trained_run, "eval")
+def test_defaults_evaluate_the_runs_synthetic_test_split(trained_run, checkpoint_generators, tmp_path):
+    # A logdir of its own (the shared run's checkpoints and flags): every evaluation of a run writes its TensorBoard
+    # scalars to <logdir>/eval at the checkpoint's step, and other tests evaluate the shared run at the same time.
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(os.path.join(trained_run, "checkpoints"), run / "checkpoints")
+    shutil.copy(os.path.join(trained_run, "flags.txt"), run / "flags.txt")
+    result = evaluate("--metrics", ALL_METRICS, f"--logdir={run}")
+    output_dir = os.path.join(run, "eval")
     step = checkpoint_step(trained_run)
     report_json = load_report(output_dir)
     assert report_json["checkpoint_step"] == step
