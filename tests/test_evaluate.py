@@ -174,7 +174,7 @@ def test_defaults_evaluate_the_runs_synthetic_test_split(trained_run, checkpoint
     run = tmp_path / "run"
     run.mkdir()
     os.symlink(os.path.join(trained_run, "checkpoints"), run / "checkpoints")
-    shutil.copy(os.path.join(trained_run, "flags.txt"), run / "flags.txt")
+    shutil.copy(os.path.join(trained_run, flagfile.FLAGFILE), run / flagfile.FLAGFILE)
     result = evaluate("--metrics", ALL_METRICS, f"--logdir={run}")
     output_dir = os.path.join(run, "eval")
     step = checkpoint_step(trained_run)
